@@ -1,0 +1,44 @@
+"""The embedded default: scikit-learn's handwritten digits (8x8, 10 classes, no download)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch.utils.data import TensorDataset
+
+from dfkd.data.base import ImageDataModule
+from dfkd.errors import check
+
+
+class DigitsDataModule(ImageDataModule):
+    """1,797 grey 8x8 digits, split once (stratified, fixed seed) into train and test."""
+
+    def __init__(self, name: str = "digits", num_classes: int = 10, in_channels: int = 1, image_size: int = 8,
+                 test_fraction: float = 0.25, split_seed: int = 0, **kwargs) -> None:
+        super().__init__(name, num_classes, in_channels, image_size, **kwargs)
+        check(0.0 < test_fraction < 1.0,
+              f"data.test_fraction={test_fraction} must lie strictly between 0 and 1.")
+        images, labels = load_digits(return_X_y=True)
+        found = len(np.unique(labels))
+        check(num_classes == found and in_channels == 1 and image_size == 8,
+              f"The digits data set has {found} classes of 1x8x8 images, but the config says "
+              f"data.num_classes={num_classes}, data.in_channels={in_channels}, "
+              f"data.image_size={image_size}; leave them at their defaults for data=digits.")
+        x_train, x_test, y_train, y_test = train_test_split(
+            images / 16.0, labels, test_size=test_fraction, random_state=split_seed, stratify=labels)
+        self.mean, self.std = (float(x_train.mean()),), (float(x_train.std()),)
+        self._arrays = (x_train, y_train, x_test, y_test)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        x_train, y_train, x_test, y_test = self._arrays
+
+        def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+            x = torch.tensor((x - self.mean[0]) / self.std[0], dtype=torch.float32)
+            return TensorDataset(x.view(-1, 1, 8, 8), torch.tensor(y, dtype=torch.long))
+
+        self.train_set = tensors(x_train, y_train)
+        self.test_set = tensors(x_test, y_test)

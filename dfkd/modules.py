@@ -1,0 +1,112 @@
+"""The two LightningModules: a classifier trained on labels (teacher, fine-tuning) and the
+distillation of a frozen teacher into a (pruned) student."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from dfkd.errors import DfkdError
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients, from the start (BN statistics must never move)."""
+    return model.eval().requires_grad_(False)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            temperature: float) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened outputs, times T^2 (Hinton et al.)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+class _Trained(L.LightningModule):
+    """Shared parts: the trained network ``net``, accuracy on the real test split, the optimizer
+    with a per-step cosine schedule over the whole run."""
+
+    def __init__(self, net: nn.Module, num_classes: int, optimizer: OptimizerFactory) -> None:
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def check_finite(self, loss: torch.Tensor, setting: str) -> None:
+        if not torch.isfinite(loss):
+            raise DfkdError(
+                f"The training loss became {loss.item()} at step {self.global_step}: training "
+                f"diverged. Lower {setting}.optimizer.lr or set {setting}.gradient_clip_val "
+                f"(e.g. 2.0). Nothing was saved as a result of this run; the cached teacher is intact.")
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.val_acc(self.net(x), y)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(p for p in self.net.parameters() if p.requires_grad)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class ClassifierModule(_Trained):
+    """Cross-entropy on real labels: trains a teacher, or fine-tunes a pruned student."""
+
+    def __init__(self, net: nn.Module, num_classes: int, optimizer: OptimizerFactory,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(net, num_classes, optimizer)
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        self.check_finite(loss, "teacher")
+        self.train_acc(logits, y)
+        self.log_dict({"train/loss": loss, "train/acc": self.train_acc}, prog_bar=True)
+        return loss
+
+
+class DistillModule(_Trained):
+    """Frozen teacher -> student by KL at temperature T (x T^2), plus optional CE on the
+    teacher's labels. The batch's own labels are never used: the transfer set may be dreams."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, num_classes: int,
+                 optimizer: OptimizerFactory, temperature: float = 4.0, ce_weight: float = 0.0) -> None:
+        super().__init__(student, num_classes, optimizer)
+        self.save_hyperparameters(ignore=["teacher", "student", "optimizer"])
+        self.teacher = freeze(teacher)
+        self.agreement = MulticlassAccuracy(num_classes, average="micro")
+
+    def train(self, mode: bool = True) -> DistillModule:
+        super().train(mode)
+        self.teacher.eval()  # Lightning calls .train() on the whole module; the teacher stays frozen
+        return self
+
+    def training_step(self, batch, batch_idx):
+        x = batch[0]
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        logits = self.net(x)
+        loss = kd_loss(logits, teacher_logits, self.hparams.temperature)
+        if self.hparams.ce_weight:
+            loss = loss + self.hparams.ce_weight * F.cross_entropy(logits, teacher_logits.argmax(1))
+        self.check_finite(loss, "recovery")
+        self.agreement(logits.argmax(1), teacher_logits.argmax(1))
+        self.log_dict({"train/kd_loss": loss, "train/agreement": self.agreement}, prog_bar=True)
+        return loss

@@ -1,0 +1,80 @@
+"""Unstructured pruning of conv and linear weights with torch.nn.utils.prune.
+
+The pruned student keeps torch's ``weight_orig * weight_mask`` parametrization during recovery,
+so pruned weights stay exactly zero whatever the optimizer does; ``make_permanent`` folds the masks
+in before the student is saved.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.utils import prune as tprune
+
+from dfkd.errors import DfkdError, check
+
+METHODS = {"l1": tprune.L1Unstructured, "random": tprune.RandomUnstructured}
+SCOPES = ("global", "layer")
+
+
+def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every conv and linear layer, by qualified name."""
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+
+
+def validate(ratio: float, method: str, scope: str) -> None:
+    check(0.0 <= float(ratio) < 1.0,
+          f"pruning.ratio={ratio} is outside [0, 1): it is the fraction of conv and linear weights "
+          f"set to zero (0.9 keeps one weight in ten).")
+    check(method in METHODS,
+          f"pruning.method={method!r} is unknown; choose one of {sorted(METHODS)}.")
+    check(scope in SCOPES, f"pruning.scope={scope!r} is unknown; choose one of {list(SCOPES)}.")
+
+
+def prune(model: nn.Module, ratio: float, method: str = "l1", scope: str = "global") -> nn.Module:
+    """Zero ``ratio`` of the conv/linear weights in place: by magnitude (l1) or at random,
+    ranked across the whole network (global) or within each layer (layer)."""
+    validate(ratio, method, scope)
+    layers = prunable(model)
+    check(bool(layers), "The model has no conv or linear layer to prune; check the model setting.")
+    if scope == "global":
+        tprune.global_unstructured([(m, "weight") for _, m in layers],
+                                   pruning_method=METHODS[method], amount=float(ratio))
+    else:
+        for _, m in layers:
+            METHODS[method].apply(m, "weight", amount=float(ratio))
+    return model
+
+
+def is_masked(module: nn.Module) -> bool:
+    return hasattr(module, "weight_mask")
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold masks into the weights (a plain state dict whose zeros are real zeros)."""
+    for _, m in prunable(model):
+        if is_masked(m):
+            tprune.remove(m, "weight")
+    return model
+
+
+def sparsity(model: nn.Module) -> dict:
+    """Fraction of exactly-zero weights, per conv/linear layer and over all of them."""
+    layers, zeros, total = {}, 0, 0
+    for name, m in prunable(model):
+        w = m.weight.detach()
+        z = int((w == 0).sum())
+        layers[name] = z / w.numel()
+        zeros, total = zeros + z, total + w.numel()
+    return {"overall": zeros / max(total, 1), "layers": layers, "zeros": zeros, "weights": total}
+
+
+def check_kept(model: nn.Module, ratio: float, tolerance: float = 1e-3) -> float:
+    """Fail loudly if recovery undid the pruning; return the sparsity found."""
+    found = sparsity(model)["overall"]
+    if found < ratio - tolerance:
+        raise DfkdError(
+            f"Recovery undid the pruning: sparsity is {found:.4f} after recovery, but "
+            f"pruning.ratio={ratio}. The student was not saved as pruned; this is a bug in the "
+            f"recovery method (recovery=...), please report it.")
+    return found

@@ -1,0 +1,166 @@
+"""Stage 4: what a run found, as results.json in its folder and a short table on the console."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def flatten(results: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a/b": 1}, for W&B summaries and tables."""
+    flat = {}
+    for key, value in results.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def write_results(results: dict, folder: str | Path) -> Path:
+    path = Path(folder) / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=False))
+    return path
+
+
+def table(results: dict) -> str:
+    """The console summary of one run."""
+    cfg = results["config"]
+
+    def pct(value) -> str:
+        return "-" if value is None else f"{100 * value:6.2f}%"
+
+    rows = [("teacher", results["teacher"]),
+            (f"pruned ({cfg['pruning_ratio']:.0%} {cfg['pruning_method']})", results["pruned"]),
+            (f"recovered ({cfg['recovery']})", results["recovered"])]
+    lines = [f"{'':28s}{'accuracy':>10s}{'agreement':>11s}{'sparsity':>10s}"]
+    for name, r in rows:
+        lines.append(f"{name:28s}{pct(r.get('acc')):>10s}{pct(r.get('agreement')):>11s}"
+                     f"{pct(r.get('sparsity')):>10s}")
+    times = ", ".join(f"{k} {v:.1f} s" for k, v in results["times"].items())
+    lines.append(f"wall time: {times}")
+    syn = results.get("synthesis") or {}
+    if syn.get("synthesized_images"):
+        lines.append(f"synthesis: {syn['synthesized_images']} images in {syn['synthesis_seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+# -- many runs: python -m dfkd.report FOLDER -------------------------------------------------
+
+GROUP_KEYS = ("model", "data", "pruning_ratio", "pruning_method", "recovery", "synthesis",
+              "recovery_steps", "recovery_batch_size")
+
+
+def collect(folder: str | Path) -> list[dict]:
+    """Every readable results.json below ``folder``; unreadable ones are skipped with a warning."""
+    runs = []
+    for path in sorted(Path(folder).rglob("results.json")):
+        try:
+            result = json.loads(path.read_text())
+            result["config"]["recovery"], result["recovered"]["acc"]  # noqa: B018 - must exist
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("Skipping %s: not a complete dfkd results.json (%s)", path, err)
+            continue
+        result["path"] = str(path.parent)
+        runs.append(result)
+    return runs
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, var ** 0.5
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per configuration: mean and sample standard deviation over its seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r["config"].get(k) for k in GROUP_KEYS), []).append(r)
+    rows = []
+    for key, members in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
+        row = dict(zip(GROUP_KEYS, key))
+        row["seeds"] = sorted(m["config"].get("seed") for m in members)
+        for stage in ("teacher", "pruned", "recovered"):
+            row[stage] = _mean_std([m[stage]["acc"] for m in members])
+        row["recovery_pct"] = _mean_std([m["recovered"]["acc"] / m["teacher"]["acc"] for m in members])
+        row["recover_s"] = _mean_std([m["times"].get("recover", 0.0) for m in members])
+        row["total_s"] = _mean_std([m["times"].get("total", 0.0) for m in members])
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    def pm(pair, scale=100.0, digits=2):
+        return f"{scale * pair[0]:.{digits}f} ± {scale * pair[1]:.{digits}f}"
+
+    lines = ["| model | data | sparsity | method | synthesis | steps x batch | seeds | teacher % | "
+             "pruned % | recovered % | recovered / teacher % | recover s | total s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['data']} | {r['pruning_ratio']:.2f} {r['pruning_method']} | "
+            f"{r['recovery']} | {r['synthesis'] or '-'} | "
+            f"{r['recovery_steps']} x {r['recovery_batch_size']} | {','.join(map(str, r['seeds']))} | "
+            f"{pm(r['teacher'])} | {pm(r['pruned'])} | {pm(r['recovered'])} | "
+            f"{pm(r['recovery_pct'], digits=1)} | {pm(r['recover_s'], 1, 1)} | {pm(r['total_s'], 1, 1)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """Recovered accuracy against sparsity, one line per method, error bars over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for method in sorted({r["recovery"] for r in rows}):
+        points = sorted((r["pruning_ratio"], *r["recovered"]) for r in rows if r["recovery"] == method)
+        xs, means, stds = zip(*points)
+        ax.errorbar(xs, [100 * m for m in means], yerr=[100 * s for s in stds], marker="o",
+                    capsize=3, label=method)
+    teacher = [100 * r["teacher"][0] for r in rows]
+    ax.axhline(sum(teacher) / len(teacher), color="grey", linestyle="--", label="teacher")
+    ax.set_xlabel("sparsity (fraction of weights pruned)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(folder: str | Path) -> Path:
+    folder = Path(folder)
+    runs = collect(folder)
+    if not runs:
+        raise SystemExit(f"dfkd.report: no results.json below {folder}; point it at a run folder "
+                         f"or a multirun folder (outputs/multirun/DATE).")
+    rows = summarize(runs)
+    target = folder / "results.md"
+    target.write_text(f"# dfkd results: {len(runs)} runs in {folder}\n\n" + markdown(rows))
+    plot(rows, folder / "accuracy-vs-sparsity.png")
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m dfkd.report",
+                                     description="Summarize a folder of dfkd runs (results.md + plot).")
+    parser.add_argument("folder", help="a run folder or a multirun folder, e.g. outputs/multirun/DATE")
+    target = write_report(parser.parse_args(argv).folder)
+    print(target.read_text())
+    print(f"Wrote {target} and {target.parent / 'accuracy-vs-sparsity.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Entry point: ``python -m dfkd.run [overrides]``.
+
+teacher (load or train, cached) -> prune -> evaluate -> recover -> evaluate -> report
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from dfkd import loggers, pruning, recovery, report
+from dfkd.errors import DfkdError, build
+from dfkd.evaluate import evaluate
+from dfkd.teacher import build_model, obtain_teacher
+from dfkd.trainer import device_of
+
+log = logging.getLogger("dfkd")
+
+
+class Stopwatch(dict):
+    """Wall time of each stage, in seconds."""
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[stage] = self.get(stage, 0.0) + time.perf_counter() - start
+
+
+def run(cfg: DictConfig) -> dict:
+    """The whole pipeline for one configuration; returns (and writes) its results."""
+    out = Path(cfg.paths.output_dir)
+    pruning.validate(cfg.pruning.ratio, cfg.pruning.method, cfg.pruning.scope)
+    data = build(cfg.data, "data")
+    data.setup()
+    L.seed_everything(cfg.teacher.seed, workers=True, verbose=False)  # the teacher's initial weights
+    model = build_model(cfg)
+    recovery.validate(cfg, model)
+    device, times = device_of(cfg.trainer), Stopwatch()
+    logger = loggers.build_logger(cfg)
+    try:
+        with times("teacher"):
+            teacher, teacher_info = obtain_teacher(model, cfg, data)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        with times("prune"):
+            student = pruning.prune(copy.deepcopy(teacher).requires_grad_(True).train(),
+                                    cfg.pruning.ratio, cfg.pruning.method, cfg.pruning.scope)
+        with times("evaluate"):
+            test = data.test_dataloader()
+            results = {"teacher": {**evaluate(teacher, test, data.num_classes, device), **teacher_info},
+                       "pruned": {**evaluate(student, test, data.num_classes, device, teacher),
+                                  "sparsity": pruning.sparsity(student)["overall"]}}
+        log.info("teacher %.2f%%, pruned %.2f%%", 100 * results["teacher"]["acc"],
+                 100 * results["pruned"]["acc"])
+        with times("recover"):
+            synthesis = recovery.recover(cfg, teacher, student, data, logger)
+        student = pruning.make_permanent(student.cpu())
+        with times("evaluate"):
+            kept = pruning.check_kept(student, cfg.pruning.ratio)
+            results["recovered"] = {**evaluate(student, test, data.num_classes, device, teacher),
+                                    "sparsity": kept}
+        torch.save(student.state_dict(), out / "student.pt")
+        results.update(
+            config={"model": cfg.model._target_.rsplit(".", 1)[-1], "data": cfg.data.name,
+                    "pruning_ratio": cfg.pruning.ratio, "pruning_method": cfg.pruning.method,
+                    "pruning_scope": cfg.pruning.scope, "recovery": cfg.recovery.method,
+                    "synthesis": synthesis.get("synthesizer"),
+                    "recovery_steps": cfg.recovery.steps, "recovery_batch_size": cfg.recovery.batch_size,
+                    "seed": cfg.seed},
+            synthesis=synthesis,
+            sparsity_layers=pruning.sparsity(student)["layers"],
+            times={**times, "total": sum(times.values())},
+            student_path=str(out / "student.pt"))
+        report.write_results(results, out)
+        loggers.write_summary(logger, report.flatten(
+            {k: results[k] for k in ("teacher", "pruned", "recovered", "synthesis", "times")}))
+        print(report.table(results), flush=True)
+        log.info("Results in %s", out / "results.json")
+        return results
+    finally:
+        loggers.finish(logger)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        return run(cfg)["recovered"]["acc"]
+    except DfkdError as err:
+        print(f"\ndfkd: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

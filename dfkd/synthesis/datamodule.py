@@ -1,0 +1,120 @@
+"""Synthetic batches on the fly: a bounded pool of dreamed images, refreshed during KD.
+
+The stream runs in the main process (no workers) on the teacher's device, so it works the same
+on CPU, one GPU and under DDP, where each rank seeds its synthesizer with ``seed + rank``.
+The pool is part of the Lightning checkpoint (``state_dict``), so a resumed run keeps its dreams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from dfkd.errors import check
+from dfkd.synthesis.base import Synthesizer
+
+
+class SyntheticDataModule(L.LightningDataModule):
+    def __init__(self, synthesizer: Synthesizer, kd_batch_size: int = 128, batch_size: int = 256,
+                 size: int = 2048, initial_batches: int = 4, refresh_every: int = 10,
+                 steps_per_epoch: int = 50, flip: bool = True, jitter: int = 1, seed: int = 0,
+                 val_dataloader: Callable[[], DataLoader] | None = None) -> None:
+        super().__init__()
+        check(batch_size >= 1 and size >= batch_size and initial_batches >= 1 and refresh_every >= 1,
+              f"synthesis.pool needs batch_size >= 1, size >= batch_size, initial_batches >= 1 and "
+              f"refresh_every >= 1 (got batch_size={batch_size}, size={size}, "
+              f"initial_batches={initial_batches}, refresh_every={refresh_every}).")
+        self.synthesizer = synthesizer
+        self.kd_batch_size, self.batch_size, self.size = kd_batch_size, batch_size, size
+        self.initial_batches, self.refresh_every = initial_batches, refresh_every
+        self.steps_per_epoch, self.flip, self.jitter, self.seed = steps_per_epoch, flip, jitter, seed
+        self._val_dataloader = val_dataloader
+        self.images: torch.Tensor | None = None
+        self.targets: torch.Tensor | None = None
+        self.last_batch: torch.Tensor | None = None
+        self.refreshes, self.steps, self.images_made, self.seconds = 0, 0, 0, 0.0
+        self.sampler = torch.Generator().manual_seed(seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        self.synthesizer.reseed(self.seed + rank)
+        self.sampler.manual_seed(self.seed + 7919 * (rank + 1))
+
+    # -- the pool ---------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Dream one batch and add it to the pool; the oldest images leave when it is full."""
+        images, targets = self.synthesizer.synthesize(self.batch_size)
+        images, targets = images.detach(), targets.detach()
+        if self.images is None:
+            self.images, self.targets = images, targets
+        else:
+            self.images = torch.cat([self.images, images])[-self.size:]
+            self.targets = torch.cat([self.targets, targets])[-self.size:]
+        self.last_batch = images
+        self.refreshes += 1
+        self.images_made += len(images)
+        self.seconds += self.synthesizer.stats.get("synthesis/seconds", 0.0)
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One augmented KD batch drawn uniformly from the pool."""
+        idx = torch.randint(len(self.images), (self.kd_batch_size,), generator=self.sampler)
+        idx = idx.to(self.images.device)
+        x, y = self.images[idx], self.targets[idx]
+        if self.jitter > 0:
+            dx, dy = torch.randint(-self.jitter, self.jitter + 1, (2,), generator=self.sampler)
+            x = torch.roll(x, shifts=(int(dx), int(dy)), dims=(2, 3))
+        if self.flip:
+            flip = (torch.rand(len(x), generator=self.sampler) < 0.5).to(x.device)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        return x, y
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        while self.images is None or len(self.images) < self.initial_batches * self.batch_size:
+            self.refresh()
+        if self.images.device != self.synthesizer.device:  # a pool restored from a checkpoint
+            self.images = self.images.to(self.synthesizer.device)
+            self.targets = self.targets.to(self.synthesizer.device)
+        if self.steps > 0 and self.steps % self.refresh_every == 0:
+            self.refresh()
+        self.steps += 1
+        return self.sample()
+
+    # -- Lightning ---------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Stream(self), batch_size=None, num_workers=0)
+
+    def val_dataloader(self):
+        return self._val_dataloader() if self._val_dataloader is not None else []
+
+    def state_dict(self) -> dict:
+        if self.images is None:
+            return {}
+        return {"images": self.images.cpu(), "targets": self.targets.cpu(), "steps": self.steps,
+                "refreshes": self.refreshes, "images_made": self.images_made}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.images, self.targets = state["images"], state["targets"]
+            self.steps, self.refreshes = state["steps"], state["refreshes"]
+            self.images_made = state["images_made"]
+
+    def summary(self) -> dict:
+        return {"synthesizer": type(self.synthesizer).__name__, "synthesis_seconds": self.seconds, "synthesized_images": self.images_made,
+                "pool_images": 0 if self.images is None else len(self.images)}
+
+
+class _Stream(IterableDataset):
+    """``steps_per_epoch`` KD batches per pass; the pool lives on in the DataModule."""
+
+    def __init__(self, source: SyntheticDataModule) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return self.source.steps_per_epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _ in range(self.source.steps_per_epoch):
+            yield self.source.next_batch()

@@ -1,0 +1,139 @@
+"""DeepInversion (Yin et al., CVPR 2020): optimize pixels until the teacher's BatchNorm layers
+see the statistics they were trained on, and the teacher sees the sampled target classes.
+
+    loss = ce_weight * CE(teacher(x'), y)
+         + bn_weight * sum_l w_l (||mu_l(x') - running_mean_l||_2 + ||var_l(x') - running_var_l||_2)
+         + tv_l1 * TV_1(x') + tv_l2 * TV_2(x') + l2 * mean_i ||x'_i||_2
+
+where x' is x randomly jittered (rolled) and flipped, and w_1 = first_bn_multiplier, w_l = 1.
+Adam on the pixels with a cosine learning rate; pixels clipped to the data set's range;
+the lowest-loss iterate is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfkd.models import batchnorm_layers
+from dfkd.synthesis.base import Synthesizer
+
+
+class BNStatsHook:
+    """Forward hook on one BatchNorm layer: distance of the batch statistics of its input
+    to the layer's running statistics."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        self.loss: torch.Tensor | None = None
+        self.handle = bn.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        x = inputs[0]
+        dims = [0, *range(2, x.dim())]
+        mean = x.mean(dims)
+        var = x.var(dims, unbiased=False)
+        self.loss = (torch.linalg.vector_norm(mean - module.running_mean)
+                     + torch.linalg.vector_norm(var - module.running_var))
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+@contextlib.contextmanager
+def bn_statistics(model: nn.Module) -> Iterator[list[BNStatsHook]]:
+    """Hooks on every BatchNorm layer of ``model``, removed on exit whatever happens."""
+    hooks = [BNStatsHook(bn) for bn in batchnorm_layers(model)]
+    try:
+        yield hooks
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def bn_loss(hooks: list[BNStatsHook], first_multiplier: float = 1.0) -> torch.Tensor:
+    losses = [h.loss for h in hooks if h.loss is not None]
+    return first_multiplier * losses[0] + sum(losses[1:])
+
+
+def image_priors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Total variation (mean absolute and mean squared neighbour differences, horizontal,
+    vertical and both diagonals) and the mean per-image L2 norm."""
+    diffs = [x[..., :, :-1] - x[..., :, 1:], x[..., :-1, :] - x[..., 1:, :],
+             x[..., 1:, :-1] - x[..., :-1, 1:], x[..., :-1, :-1] - x[..., 1:, 1:]]
+    tv_l1 = sum(d.abs().mean() for d in diffs)
+    tv_l2 = sum(d.pow(2).mean() for d in diffs)
+    l2 = x.flatten(1).norm(dim=1).mean()
+    return tv_l1, tv_l2, l2
+
+
+class DeepInversion(Synthesizer):
+    needs_batchnorm = True
+
+    def __init__(self, teacher: nn.Module, image_shape, num_classes: int, pixel_bounds,
+                 seed: int = 0, iterations: int = 200, lr: float = 0.1,
+                 betas: tuple[float, float] = (0.5, 0.9), bn_weight: float = 1.0,
+                 first_bn_multiplier: float = 1.0, ce_weight: float = 1.0, tv_l1: float = 0.0,
+                 tv_l2: float = 1e-4, l2: float = 0.0, jitter: int = 1, flip: bool = True) -> None:
+        super().__init__(teacher, image_shape, num_classes, pixel_bounds, seed)
+        self.iterations, self.lr, self.betas = int(iterations), float(lr), tuple(betas)
+        self.bn_weight, self.first_bn_multiplier = float(bn_weight), float(first_bn_multiplier)
+        self.ce_weight, self.tv_l1, self.tv_l2, self.l2 = ce_weight, tv_l1, tv_l2, l2
+        self.jitter, self.flip = int(jitter), bool(flip)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        if self.jitter > 0:
+            dx, dy = torch.randint(-self.jitter, self.jitter + 1, (2,), generator=self.generator)
+            x = torch.roll(x, shifts=(int(dx), int(dy)), dims=(2, 3))
+        if self.flip and torch.rand((), generator=self.generator) < 0.5:
+            x = torch.flip(x, dims=(3,))
+        return x
+
+    def losses(self, x: torch.Tensor, targets: torch.Tensor,
+               hooks: list[BNStatsHook]) -> dict[str, torch.Tensor]:
+        """Every named loss term of one step on the (already augmented) batch ``x``."""
+        logits = self.teacher(x)
+        tv_l1, tv_l2, l2 = image_priors(x)
+        terms = {"ce": F.cross_entropy(logits, targets), "bn": bn_loss(hooks, self.first_bn_multiplier),
+                 "tv_l1": tv_l1, "tv_l2": tv_l2, "l2": l2}
+        weights = {"ce": self.ce_weight, "bn": self.bn_weight, "tv_l1": self.tv_l1,
+                   "tv_l2": self.tv_l2, "l2": self.l2}
+        terms["total"] = sum(weights[k] * terms[k] for k in weights)
+        return terms
+
+    def synthesize(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = time.perf_counter()
+        self.teacher.eval()  # BN must normalize with running statistics and leave them alone
+        targets = self.balanced_targets(n).to(self.device)
+        x = self.noise(n).requires_grad_(True)
+        optimizer = torch.optim.Adam([x], lr=self.lr, betas=self.betas)
+        best, best_loss = x.detach().clone(), math.inf
+        with torch.enable_grad(), bn_statistics(self.teacher) as hooks:
+            for step in range(self.iterations):
+                for group in optimizer.param_groups:  # cosine decay from lr to 0
+                    group["lr"] = 0.5 * self.lr * (1 + math.cos(math.pi * step / self.iterations))
+                terms = self.losses(self._augment(x), targets, hooks)
+                if terms["total"].item() < best_loss:
+                    best_loss, best = terms["total"].item(), x.detach().clone()
+                optimizer.zero_grad(set_to_none=True)
+                terms["total"].backward()
+                optimizer.step()
+                with torch.no_grad():
+                    self.clamp_(x)
+            with torch.no_grad():
+                final = self.losses(best, targets, hooks)
+                probs = self.teacher(best).softmax(1)
+        self.stats = {
+            "synthesis/seconds": time.perf_counter() - start,
+            "synthesis/loss": final["total"].item(),
+            "synthesis/bn_loss": final["bn"].item() / max(len(hooks), 1),
+            "synthesis/ce_loss": final["ce"].item(),
+            "synthesis/target_acc": (probs.argmax(1) == targets).float().mean().item(),
+            "synthesis/confidence": probs.max(1).values.mean().item(),
+        }
+        return best, targets

@@ -1,0 +1,111 @@
+"""Stage 1: the teacher. Build the architecture, then load the user's checkpoint or train it on
+the real train split, cached on disk by architecture, data and seed (a sweep trains it once)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from dfkd.data import ImageDataModule
+from dfkd.errors import DfkdError, build, check
+from dfkd.modules import ClassifierModule, freeze
+from dfkd.trainer import make_trainer
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    """Instantiate conf/model; a constructor error names the setting."""
+    model = build(cfg.model, "model")
+    check(isinstance(model, nn.Module), f"model._target_={cfg.model._target_} did not return an "
+          f"nn.Module; point it at a torch.nn.Module class or factory.")
+    return model
+
+
+def _unwrap_state_dict(obj) -> dict:
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    check(isinstance(obj, dict), "teacher.checkpoint holds neither a state dict nor a dict with "
+          "a 'state_dict' entry; save the teacher with torch.save(model.state_dict(), PATH).")
+    for prefix in ("module.", "model.", "net."):  # DataParallel / LightningModule wrappers
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a checkpoint into ``model``; a mismatch lists the first differences."""
+    path = Path(path).expanduser()
+    check(path.is_file(), f"teacher.checkpoint={path} does not exist. Point it at a saved state "
+          f"dict of the teacher, or set teacher.checkpoint=null to train a teacher on the real data.")
+    try:
+        state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError, EOFError) as err:
+        raise DfkdError(f"teacher.checkpoint={path} could not be read ({err}). It must be a file "
+                        f"written by torch.save.") from err
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{name} ({len(items)}): {', '.join(items[:5])}"
+                 for name, items in (("missing", missing), ("unexpected", unexpected),
+                                     ("shape mismatch", shapes)) if items]
+        raise DfkdError(f"teacher.checkpoint={path} does not fit the architecture "
+                        f"model={model.__class__.__name__}: " + "; ".join(parts) +
+                        ". Choose the model (and data.num_classes) the checkpoint was trained with.")
+    model.load_state_dict(state)
+    return model
+
+
+def cache_path(cfg: DictConfig) -> Path:
+    """One file per (architecture, data, teacher recipe, seed)."""
+    key = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "teacher")}
+    key["data"].pop("num_workers", None)
+    key["teacher"].pop("checkpoint", None)
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    arch = cfg.model._target_.rsplit(".", 1)[-1].lower()
+    return Path(cfg.paths.cache_dir) / "teachers" / f"{arch}-{cfg.data.name}-seed{cfg.teacher.seed}-{digest}.pt"
+
+
+def train_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule) -> nn.Module:
+    log.info("Training the teacher on the real train split (%d images, %d epochs): this is the only "
+             "stage of a data-free run that touches training data.", len(data.train_set),
+             cfg.teacher.epochs)
+    L.seed_everything(cfg.teacher.seed, workers=True, verbose=False)
+    module = ClassifierModule(model, data.num_classes, build(cfg.teacher.optimizer, "teacher.optimizer"),
+                              label_smoothing=cfg.teacher.label_smoothing)
+    trainer = make_trainer(cfg.trainer, max_epochs=cfg.teacher.epochs, logger=False,
+                           enable_checkpointing=False, default_root_dir=cfg.paths.output_dir,
+                           gradient_clip_val=cfg.teacher.gradient_clip_val)
+    trainer.fit(module, train_dataloaders=data.train_dataloader())
+    return model
+
+
+def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule) -> tuple[nn.Module, dict]:
+    """Weights for ``model`` from teacher.checkpoint, the cache, or training; returns the frozen
+    teacher and where it came from."""
+    if cfg.teacher.checkpoint:
+        return freeze(load_weights(model, cfg.teacher.checkpoint)), {"source": str(cfg.teacher.checkpoint)}
+    path = cache_path(cfg)
+    if path.is_file():
+        log.info("Teacher from the cache: %s", path)
+        return freeze(load_weights(model, path)), {"source": str(path), "cached": True}
+    train_teacher(model, cfg, data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)  # atomic: an interrupted run never leaves a half-written teacher
+    log.info("Teacher cached at %s", path)
+    return freeze(model), {"source": str(path), "cached": False}

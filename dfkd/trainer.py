@@ -1,0 +1,32 @@
+"""Lightning Trainers built from conf/trainer (cpu, gpu, ...) plus per-stage settings."""
+
+from __future__ import annotations
+
+import warnings
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from dfkd.errors import build
+
+# Expected and harmless here: in-memory data needs no workers; short runs log rarely.
+for _pattern in (".*does not have many workers.*", ".*is smaller than the logging interval.*",
+                 ".*GPU available but not used.*", ".*`isinstance.*LeafSpec.*"):
+    warnings.filterwarnings("ignore", _pattern)
+
+
+def make_trainer(cfg: DictConfig, **stage) -> L.Trainer:
+    """``cfg`` is conf/trainer; ``stage`` sets what differs between teacher training and
+    recovery (max_steps, logger, callbacks, ...)."""
+    return build(cfg, "trainer", **stage)
+
+
+def device_of(cfg: DictConfig) -> torch.device:
+    """The device evaluation runs on, matching the trainer's accelerator."""
+    accelerator = str(cfg.get("accelerator", "cpu"))
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if accelerator in ("mps", "auto") and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

@@ -1,0 +1,60 @@
+"""Shared fixtures: the real Hydra config, composed for a fast CPU run in a temp folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+# Small budgets that still show recovery on digits (see test_end_to_end.py for the margins).
+FAST = [
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "teacher.epochs=15",
+    "recovery.steps=60",
+    "recovery.val_every_n_steps=30",
+    "synthesis.synthesizer.iterations=40",
+    "synthesis.pool.batch_size=128",
+    "synthesis.pool.size=512",
+    "synthesis.pool.initial_batches=2",
+    "synthesis.pool.refresh_every=20",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One teacher cache for the whole test session: each digits teacher is trained once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def make_cfg(tmp_path, cache_dir):
+    """compose(overrides) -> the real config, fast settings, writing into tmp_path."""
+
+    def _make(*overrides: str, fast: bool = True) -> DictConfig:
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            return compose("config", overrides=[
+                f"paths.output_dir={tmp_path}", f"paths.cache_dir={cache_dir}",
+                *(FAST if fast else []), *overrides])
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(tmp_path_factory, cache_dir):
+    """A trained (cached) digits teacher and its data module, frozen."""
+    from dfkd.teacher import build_model, obtain_teacher
+    from hydra.utils import instantiate
+
+    out = tmp_path_factory.mktemp("teacher_run")
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.output_dir={out}", f"paths.cache_dir={cache_dir}",
+                                           *FAST])
+    data = instantiate(cfg.data)
+    data.setup()
+    teacher, _ = obtain_teacher(build_model(cfg), cfg, data)
+    return teacher, data

@@ -1,0 +1,73 @@
+import torch
+from torch import nn
+
+from dfkd.models import DigitsCNN
+from dfkd.synthesis import DeepInversion, Noise, bn_statistics
+from dfkd.synthesis.deepinversion import bn_loss
+
+
+def test_bn_statistics_loss_matches_hand_computation():
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)
+    bn.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    bn.running_var.copy_(torch.tensor([1.0, 4.0, 0.25]))
+    model = nn.Sequential(conv, bn).eval()
+    x = torch.randn(5, 2, 4, 4)
+
+    feats = conv(x).detach()                    # what BN sees
+    n = feats.shape[0] * feats.shape[2] * feats.shape[3]
+    mean = feats.sum(dim=(0, 2, 3)) / n
+    var = ((feats - mean.view(1, 3, 1, 1)) ** 2).sum(dim=(0, 2, 3)) / n  # biased, as BN uses
+    expected = ((mean - bn.running_mean) ** 2).sum().sqrt() + ((var - bn.running_var) ** 2).sum().sqrt()
+
+    with bn_statistics(model) as hooks:
+        model(x)
+        assert len(hooks) == 1
+        assert torch.allclose(bn_loss(hooks), expected, rtol=1e-5)
+        assert torch.allclose(bn_loss(hooks, first_multiplier=3.0), 3 * expected, rtol=1e-5)
+    assert not bn._forward_hooks, "hooks must be removed when the context ends"
+
+
+def test_hooks_are_removed_even_after_an_error():
+    model = DigitsCNN(width=4).eval()
+    try:
+        with bn_statistics(model):
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def _synth(teacher, data, cls=DeepInversion, **kwargs):
+    return cls(teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
+               pixel_bounds=data.pixel_bounds(), **kwargs)
+
+
+def test_dreams_match_targets_and_bn_statistics_better_than_noise(digits_teacher):
+    teacher, data = digits_teacher
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    di = _synth(teacher, data, iterations=60, seed=1)
+    images, targets = di.synthesize(100)
+    noise_images, _ = _synth(teacher, data, cls=Noise, seed=1).synthesize(100)
+
+    assert images.shape == (100, 1, 8, 8) and targets.dtype == torch.long
+    assert di.stats["synthesis/target_acc"] >= 0.9          # measured: 0.93 at 60 iterations
+    with torch.no_grad(), bn_statistics(teacher) as hooks:
+        teacher(noise_images)
+        noise_bn = bn_loss(hooks).item() / len(hooks)
+    assert di.stats["synthesis/bn_loss"] < 0.5 * noise_bn
+    low, high = data.pixel_bounds()
+    assert images.min() >= low.min() - 1e-6 and images.max() <= high.max() + 1e-6
+    # the teacher is untouched: eval mode, same weights and BN statistics
+    assert not teacher.training
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_targets_are_balanced_and_synthesis_is_deterministic(digits_teacher):
+    teacher, data = digits_teacher
+    a_img, a_t = _synth(teacher, data, iterations=3, seed=7).synthesize(40)
+    b_img, b_t = _synth(teacher, data, iterations=3, seed=7).synthesize(40)
+    c_img, _ = _synth(teacher, data, iterations=3, seed=8).synthesize(40)
+    assert torch.bincount(a_t, minlength=10).tolist() == [4] * 10
+    assert torch.equal(a_t, b_t) and torch.equal(a_img, b_img)
+    assert not torch.equal(a_img, c_img)

@@ -1,0 +1,51 @@
+import json
+import logging
+
+import pytest
+
+from dfkd import report
+
+
+def _result(folder, seed, method, ratio, teacher, pruned, recovered):
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({
+        "config": {"model": "DigitsCNN", "data": "digits", "pruning_ratio": ratio,
+                   "pruning_method": "l1", "recovery": method, "synthesis": None, "seed": seed,
+                   "recovery_steps": 300, "recovery_batch_size": 128},
+        "teacher": {"acc": teacher}, "pruned": {"acc": pruned}, "recovered": {"acc": recovered},
+        "times": {"recover": 10.0 + seed, "total": 20.0 + seed}}))
+
+
+def test_report_averages_seeds_and_draws_the_plot(tmp_path, caplog):
+    _result(tmp_path / "0", 0, "dfkd", 0.9, 0.99, 0.20, 0.96)
+    _result(tmp_path / "1", 1, "dfkd", 0.9, 0.97, 0.10, 0.94)
+    _result(tmp_path / "2", 0, "noise_kd", 0.9, 0.99, 0.20, 0.80)
+    _result(tmp_path / "3", 0, "dfkd", 0.5, 0.99, 0.90, 0.98)
+    (tmp_path / "4").mkdir()
+    (tmp_path / "4" / "results.json").write_text("{not json")
+    (tmp_path / "5").mkdir()
+    (tmp_path / "5" / "results.json").write_text(json.dumps({"config": {}}))
+
+    with caplog.at_level(logging.WARNING):
+        target = report.write_report(tmp_path)
+    assert "4/results.json" in caplog.text and "5/results.json" in caplog.text
+
+    rows = {(r["recovery"], r["pruning_ratio"]): r for r in report.summarize(report.collect(tmp_path))}
+    assert len(rows) == 3
+    dfkd90 = rows[("dfkd", 0.9)]
+    assert dfkd90["seeds"] == [0, 1]
+    assert dfkd90["recovered"][0] == pytest.approx(0.95)
+    assert dfkd90["recovered"][1] == pytest.approx(0.0141421, rel=1e-4)   # sample std of .96, .94
+    assert dfkd90["teacher"][0] == pytest.approx(0.98)
+    assert dfkd90["recovery_pct"][0] == pytest.approx((0.96 / 0.99 + 0.94 / 0.97) / 2)
+    assert rows[("noise_kd", 0.9)]["recovered"] == (pytest.approx(0.80), 0.0)
+
+    text = target.read_text()
+    assert "| DigitsCNN | digits | 0.90 l1 | dfkd | - | 300 x 128 | 0,1 | 98.00 ± 1.41 |" in text
+    png = (tmp_path / "accuracy-vs-sparsity.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+
+
+def test_report_of_an_empty_folder_says_what_to_point_it_at(tmp_path):
+    with pytest.raises(SystemExit, match="no results.json"):
+        report.write_report(tmp_path)

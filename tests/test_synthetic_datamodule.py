@@ -1,0 +1,69 @@
+import torch
+
+from dfkd.synthesis import DeepInversion, Noise, SyntheticDataModule
+
+
+def _module(teacher, data, cls=Noise, **pool):
+    synth = cls(teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
+                pixel_bounds=data.pixel_bounds(), **({"iterations": 2} if cls is DeepInversion else {}))
+    settings = dict(kd_batch_size=32, batch_size=64, size=192, initial_batches=2, refresh_every=3,
+                    steps_per_epoch=10)
+    settings.update(pool)
+    return SyntheticDataModule(synth, **settings)
+
+
+def test_batches_have_the_right_shape_targets_and_device(digits_teacher):
+    teacher, data = digits_teacher
+    dm = _module(teacher, data, cls=DeepInversion)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 10 == len(dm.train_dataloader())
+    for x, y in batches:
+        assert x.shape == (32, 1, 8, 8) and x.dtype == torch.float32
+        assert y.shape == (32,) and y.dtype == torch.long and 0 <= y.min() and y.max() < 10
+        assert x.device == next(teacher.parameters()).device
+
+
+def test_pool_is_refreshed_and_bounded(digits_teacher):
+    teacher, data = digits_teacher
+    dm = _module(teacher, data)
+    dm.setup("fit")
+    stream = iter(dm.train_dataloader())
+    next(stream)
+    assert dm.refreshes == 2 and len(dm.images) == 128          # the initial batches
+    first = dm.images[:64].clone()
+    for _ in range(9):
+        next(stream)
+    # steps 3, 6, 9 each added a batch; the pool keeps the newest 192 images
+    assert dm.refreshes == 5 and dm.images_made == 320 and len(dm.images) == 192
+    assert not any(torch.equal(first, dm.images[i:i + 64]) for i in range(0, 192, 64))
+
+
+def test_pool_survives_a_checkpoint_round_trip(digits_teacher):
+    teacher, data = digits_teacher
+    dm = _module(teacher, data)
+    dm.setup("fit")
+    next(iter(dm.train_dataloader()))
+    state = dm.state_dict()
+    restored = _module(teacher, data)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.images, dm.images) and restored.steps == dm.steps
+    next(iter(restored.train_dataloader()))
+    assert restored.refreshes == dm.refreshes, "a restored pool is used, not dreamed again"
+
+
+def test_ranks_dream_different_images(digits_teacher):
+    teacher, data = digits_teacher
+
+    class FakeTrainer:
+        def __init__(self, rank):
+            self.global_rank = rank
+
+    pools = []
+    for rank in (0, 1):
+        dm = _module(teacher, data)
+        dm.trainer = FakeTrainer(rank)
+        dm.setup("fit")
+        next(iter(dm.train_dataloader()))
+        pools.append(dm.images)
+    assert not torch.equal(pools[0], pools[1])
