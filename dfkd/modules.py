@@ -67,7 +67,7 @@ class ClassifierModule(_Trained):
     """Cross-entropy on real labels: trains a teacher, or fine-tunes a pruned student."""
 
     def __init__(self, net: nn.Module, num_classes: int, optimizer: OptimizerFactory,
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, config_group: str = "teacher") -> None:
         super().__init__(net, num_classes, optimizer)
         self.save_hyperparameters(ignore=["net", "optimizer"])
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -76,7 +76,7 @@ class ClassifierModule(_Trained):
         x, y = batch
         logits = self.net(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
-        self.check_finite(loss, "teacher")
+        self.check_finite(loss, self.hparams.config_group)
         self.train_acc(logits, y)
         self.log_dict({"train/loss": loss, "train/acc": self.train_acc}, prog_bar=True)
         return loss

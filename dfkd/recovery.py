@@ -3,9 +3,10 @@
     dfkd      KD on images dreamed from the teacher (conf/synthesis), no real data
     noise_kd  the same KD on Gaussian noise (baseline: the floor)
     real_kd   the same KD on the real train split (baseline: the ceiling)
+    finetune  cross-entropy on the real train split's labels (baseline)
     none      keep the pruned student as it is
 
-Every method runs the same DistillModule with the same budget (recovery.steps optimizer steps of
+Every method runs with the same budget (recovery.steps optimizer steps of
 recovery.batch_size images), so their rows compare.
 """
 
@@ -24,13 +25,13 @@ from torch import nn
 from dfkd.data import ImageDataModule
 from dfkd.errors import DfkdError, build, check
 from dfkd.models import has_batchnorm
-from dfkd.modules import DistillModule
+from dfkd.modules import ClassifierModule, DistillModule
 from dfkd.synthesis import Noise, SyntheticDataModule
 from dfkd.trainer import make_trainer
 
 log = logging.getLogger(__name__)
 
-SYNTHETIC, REAL = ("dfkd", "noise_kd"), ("real_kd",)
+SYNTHETIC, REAL = ("dfkd", "noise_kd"), ("real_kd", "finetune")
 METHODS = (*SYNTHETIC, *REAL, "none")
 
 
@@ -90,8 +91,12 @@ def recover(cfg: DictConfig, teacher: nn.Module, student: nn.Module, data: Image
     if rc.method == "none":
         return {}
     out = Path(cfg.paths.output_dir)
-    module = DistillModule(teacher, student, data.num_classes, build(rc.optimizer, "recovery.optimizer"),
-                           temperature=rc.temperature, ce_weight=rc.ce_weight)
+    optimizer = build(rc.optimizer, "recovery.optimizer")
+    if rc.method == "finetune":
+        module = ClassifierModule(student, data.num_classes, optimizer, config_group="recovery")
+    else:
+        module = DistillModule(teacher, student, data.num_classes, optimizer,
+                               temperature=rc.temperature, ce_weight=rc.ce_weight)
     callbacks: list[Callback] = [ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
                                                  every_n_train_steps=rc.val_every_n_steps)]
     if rc.method in SYNTHETIC:

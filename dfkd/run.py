@@ -85,7 +85,6 @@ def run(cfg: DictConfig) -> dict:
         report.write_results(results, out)
         loggers.write_summary(logger, report.flatten(
             {k: results[k] for k in ("teacher", "pruned", "recovered", "synthesis", "times")}))
-        print(report.table(results), flush=True)
         log.info("Results in %s", out / "results.json")
         return results
     finally:
@@ -95,10 +94,12 @@ def run(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
-        return run(cfg)["recovered"]["acc"]
+        results = run(cfg)
     except DfkdError as err:
         print(f"\ndfkd: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    print(report.table(results), flush=True)  # last, after the logger's own closing lines
+    return results["recovered"]["acc"]  # what a Hydra sweeper would optimize
 
 
 if __name__ == "__main__":
