@@ -43,6 +43,10 @@ class _Trained(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def on_fit_start(self) -> None:
+        if self.device.type == "cuda":  # tensor cores prefer NHWC convolutions
+            self.to(memory_format=torch.channels_last)
+
     def check_finite(self, loss: torch.Tensor, setting: str) -> None:
         if not torch.isfinite(loss):
             raise DfkdError(

@@ -70,7 +70,7 @@ class SynthesisMonitor(Callback):
             self.seen = source.refreshes
             pl_module.log_dict({**source.synthesizer.stats, "synthesis/images": float(source.images_made)})
         step = trainer.global_step
-        if source.last_batch is not None and step // self.every > self.last_grid:
+        if trainer.is_global_zero and source.last_batch is not None and step // self.every > self.last_grid:
             self.last_grid = step // self.every
             self.save_grid(trainer, source.last_batch, step)
 
@@ -80,7 +80,7 @@ class SynthesisMonitor(Callback):
         grid = make_grid(self.data.denormalize(images[:64]), nrow=8)
         self.folder.mkdir(parents=True, exist_ok=True)
         save_image(grid, self.folder / f"grid_step{step:06d}.png")
-        if trainer.is_global_zero and hasattr(trainer.logger, "log_image"):
+        if hasattr(trainer.logger, "log_image"):
             trainer.logger.log_image(key="synthesis/grid", images=[grid], step=step)
 
 
@@ -123,7 +123,9 @@ def recover(cfg: DictConfig, teacher: nn.Module, student: nn.Module, data: Image
     finally:
         if isinstance(source, SyntheticDataModule) and source.images is not None:
             # Dreams are finished work: keep them whatever happened to the KD run.
+            name = ("synthetic_pool.pt" if trainer.world_size == 1
+                    else f"synthetic_pool_rank{trainer.global_rank}.pt")
             out.mkdir(parents=True, exist_ok=True)
             torch.save({"images": source.images.cpu(), "targets": source.targets.cpu(),
-                        "mean": data.mean, "std": data.std}, out / "synthetic_pool.pt")
+                        "mean": data.mean, "std": data.std}, out / name)
     return source.summary() if isinstance(source, SyntheticDataModule) else {}

@@ -15,10 +15,11 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 
 from dfkd import loggers, pruning, recovery, report
-from dfkd.errors import DfkdError, build
+from dfkd.errors import DfkdError, build, check
 from dfkd.evaluate import evaluate
 from dfkd.teacher import build_model, obtain_teacher
 from dfkd.trainer import device_of
@@ -41,6 +42,10 @@ class Stopwatch(dict):
 def run(cfg: DictConfig) -> dict:
     """The whole pipeline for one configuration; returns (and writes) its results."""
     out = Path(cfg.paths.output_dir)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    check(not missing, f"These settings need a value: {', '.join(missing)} (set them on the command "
+          f"line, e.g. {missing[0] if missing else ''}=...). data=image_folder needs data.root=PATH; "
+          f"model=custom needs model.path=package.module.Class and teacher.checkpoint=PATH.")
     pruning.validate(cfg.pruning.ratio, cfg.pruning.method, cfg.pruning.scope)
     data = build(cfg.data, "data")
     data.setup()
@@ -70,9 +75,8 @@ def run(cfg: DictConfig) -> dict:
             kept = pruning.check_kept(student, cfg.pruning.ratio)
             results["recovered"] = {**evaluate(student, test, data.num_classes, device, teacher),
                                     "sparsity": kept}
-        torch.save(student.state_dict(), out / "student.pt")
         results.update(
-            config={"model": cfg.model._target_.rsplit(".", 1)[-1], "data": cfg.data.name,
+            config={"model": cfg.model.name, "data": cfg.data.name,
                     "pruning_ratio": cfg.pruning.ratio, "pruning_method": cfg.pruning.method,
                     "pruning_scope": cfg.pruning.scope, "recovery": cfg.recovery.method,
                     "synthesis": synthesis.get("synthesizer"),
@@ -82,10 +86,12 @@ def run(cfg: DictConfig) -> dict:
             sparsity_layers=pruning.sparsity(student)["layers"],
             times={**times, "total": sum(times.values())},
             student_path=str(out / "student.pt"))
-        report.write_results(results, out)
-        loggers.write_summary(logger, report.flatten(
-            {k: results[k] for k in ("teacher", "pruned", "recovered", "synthesis", "times")}))
-        log.info("Results in %s", out / "results.json")
+        if rank_zero_only.rank == 0:  # under DDP every rank ran the pipeline; one writes it down
+            torch.save(student.state_dict(), out / "student.pt")
+            report.write_results(results, out)
+            loggers.write_summary(logger, report.flatten(
+                {k: results[k] for k in ("teacher", "pruned", "recovered", "synthesis", "times")}))
+            log.info("Results in %s", out / "results.json")
         return results
     finally:
         loggers.finish(logger)
@@ -98,7 +104,8 @@ def main(cfg: DictConfig) -> float | None:
     except DfkdError as err:
         print(f"\ndfkd: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
-    print(report.table(results), flush=True)  # last, after the logger's own closing lines
+    if rank_zero_only.rank == 0:
+        print(report.table(results), flush=True)  # last, after the logger's own closing lines
     return results["recovered"]["acc"]  # what a Hydra sweeper would optimize
 
 

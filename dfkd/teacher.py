@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 def build_model(cfg: DictConfig) -> nn.Module:
     """Instantiate conf/model; a constructor error names the setting."""
     model = build(cfg.model, "model")
-    check(isinstance(model, nn.Module), f"model._target_={cfg.model._target_} did not return an "
-          f"nn.Module; point it at a torch.nn.Module class or factory.")
+    check(isinstance(model, nn.Module), f"model={cfg.model.name} did not build an nn.Module; point "
+          f"it at a torch.nn.Module class or factory.")
     return model
 
 
@@ -75,7 +75,7 @@ def cache_path(cfg: DictConfig) -> Path:
     key["data"].pop("num_workers", None)
     key["teacher"].pop("checkpoint", None)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    arch = cfg.model._target_.rsplit(".", 1)[-1].lower()
+    arch = cfg.model.name
     return Path(cfg.paths.cache_dir) / "teachers" / f"{arch}-{cfg.data.name}-seed{cfg.teacher.seed}-{digest}.pt"
 
 

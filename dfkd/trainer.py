@@ -11,8 +11,11 @@ from omegaconf import DictConfig
 from dfkd.errors import build
 
 # Expected and harmless here: in-memory data needs no workers; short runs log rarely.
+# The frozen teacher is in eval mode on purpose.
 for _pattern in (".*does not have many workers.*", ".*is smaller than the logging interval.*",
-                 ".*GPU available but not used.*", ".*`isinstance.*LeafSpec.*"):
+                 ".*GPU available but not used.*", ".*`isinstance.*LeafSpec.*",
+                 ".*module\\(s\\) in eval mode at the start of training.*",
+                 ".*`IterableDataset` has `__len__` defined.*"):
     warnings.filterwarnings("ignore", _pattern)
 
 

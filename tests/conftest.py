@@ -58,3 +58,25 @@ def digits_teacher(tmp_path_factory, cache_dir):
     data.setup()
     teacher, _ = obtain_teacher(build_model(cfg), cfg, data)
     return teacher, data
+
+
+def write_image_tree(root: Path, classes: int = 3, train: int = 6, test: int = 2, size: int = 16) -> Path:
+    """A tiny ImageFolder tree: root/{train,test}/class_k/*.png, one dominant colour per class."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("test", test)):
+        for k in range(classes):
+            folder = root / split / f"class_{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+                pixels[..., k % 3] += 180
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_tree(tmp_path_factory) -> Path:
+    return write_image_tree(tmp_path_factory.mktemp("images"))

@@ -2,5 +2,6 @@
 
 from dfkd.data.base import ImageDataModule
 from dfkd.data.digits import DigitsDataModule
+from dfkd.data.vision import CIFARDataModule, ImageFolderDataModule
 
-__all__ = ["ImageDataModule", "DigitsDataModule"]
+__all__ = ["ImageDataModule", "DigitsDataModule", "CIFARDataModule", "ImageFolderDataModule"]

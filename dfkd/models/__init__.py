@@ -1,6 +1,7 @@
-"""Architectures. Each conf/model/*.yaml names one of these by ``_target_``."""
+"""Architectures, built by name from the registry (``model.name``) or by import path (model=custom)."""
 
 from dfkd.models.digits_cnn import DigitsCNN
+from dfkd.models.registry import ARCHITECTURES, create, custom
 from dfkd.models.utils import batchnorm_layers, has_batchnorm
 
-__all__ = ["DigitsCNN", "batchnorm_layers", "has_batchnorm"]
+__all__ = ["ARCHITECTURES", "DigitsCNN", "batchnorm_layers", "create", "custom", "has_batchnorm"]

@@ -1,0 +1,46 @@
+"""One small step of the whole pipeline for every architecture, on a tiny ImageFolder tree."""
+
+import pytest
+
+from dfkd.run import run
+
+pytestmark = pytest.mark.slow
+
+TINY = ["data=image_folder", "data.num_classes=3", "data.image_size=32", "data.batch_size=6",
+        "data.num_workers=0", "teacher.epochs=1", "pruning.ratio=0.8", "recovery.steps=2",
+        "recovery.batch_size=4", "recovery.val_every_n_steps=2", "synthesis.synthesizer.iterations=2",
+        "synthesis.pool.batch_size=6", "synthesis.pool.size=12", "synthesis.pool.initial_batches=1",
+        "synthesis.pool.refresh_every=1"]
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet34", "resnet50", "mobilenetv2", "vgg16"])
+def test_each_architecture_runs_the_pipeline(make_cfg, image_tree, tmp_path, model):
+    width = "model.width_mult=0.25" if model == "mobilenetv2" else "model.width=4"
+    results = run(make_cfg(f"model={model}", width, f"data.root={image_tree}", *TINY,
+                           f"paths.cache_dir={tmp_path / 'cache'}"))
+    assert results["config"]["model"] == model
+    assert results["synthesis"]["synthesized_images"] >= 12
+    assert results["recovered"]["sparsity"] >= 0.8 - 1e-3
+    assert (tmp_path / "student.pt").is_file()
+
+
+def test_custom_model_with_checkpoint(make_cfg, image_tree, tmp_path):
+    import torch
+
+    from dfkd.models.cifar import VGG16BN
+
+    path = tmp_path / "mine.pt"
+    torch.save(VGG16BN(num_classes=3, width=4).state_dict(), path)
+    results = run(make_cfg("model=custom", "model.path=dfkd.models.cifar.VGG16BN",
+                           "+model.kwargs={num_classes: 3, width: 4}", f"teacher.checkpoint={path}",
+                           f"data.root={image_tree}", *TINY))
+    assert results["teacher"]["source"] == str(path)
+
+
+def test_missing_required_settings_are_named(make_cfg):
+    from dfkd.errors import DfkdError
+
+    with pytest.raises(DfkdError, match=r"need a value: data\.root"):
+        run(make_cfg("data=image_folder"))
+    with pytest.raises(DfkdError, match=r"need a value: model\.path"):
+        run(make_cfg("model=custom"))
