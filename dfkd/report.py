@@ -137,7 +137,30 @@ def plot(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def write_report(folder: str | Path) -> Path:
+def log_to_wandb(rows: list[dict], folder: Path, project: str) -> None:
+    """The table (wandb.Table) and the plot in a W&B run of their own (offline unless logged in)."""
+    import os
+
+    import wandb
+
+    from dfkd.loggers import wandb_logged_in
+
+    mode = None if os.environ.get("WANDB_MODE") else ("online" if wandb_logged_in() else "offline")
+    columns = ["model", "data", "sparsity", "method", "synthesis", "steps", "batch", "seeds",
+               "teacher", "pruned", "recovered", "recovered_std", "recovered_over_teacher"]
+    data = [[r["model"], r["data"], r["pruning_ratio"], r["recovery"], r["synthesis"] or "-",
+             r["recovery_steps"], r["recovery_batch_size"], len(r["seeds"]), r["teacher"][0],
+             r["pruned"][0], r["recovered"][0], r["recovered"][1], r["recovery_pct"][0]] for r in rows]
+    run = wandb.init(project=project, job_type="report", dir=str(folder), mode=mode,
+                     name=f"report-{folder.name}")
+    try:
+        run.log({"results": wandb.Table(columns=columns, data=data),
+                 "accuracy_vs_sparsity": wandb.Image(str(folder / "accuracy-vs-sparsity.png"))})
+    finally:
+        run.finish()
+
+
+def write_report(folder: str | Path, wandb_project: str | None = None) -> Path:
     folder = Path(folder)
     runs = collect(folder)
     if not runs:
@@ -147,6 +170,8 @@ def write_report(folder: str | Path) -> Path:
     target = folder / "results.md"
     target.write_text(f"# dfkd results: {len(runs)} runs in {folder}\n\n" + markdown(rows))
     plot(rows, folder / "accuracy-vs-sparsity.png")
+    if wandb_project:
+        log_to_wandb(rows, folder, wandb_project)
     return target
 
 
@@ -157,7 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dfkd.report",
                                      description="Summarize a folder of dfkd runs (results.md + plot).")
     parser.add_argument("folder", help="a run folder or a multirun folder, e.g. outputs/multirun/DATE")
-    target = write_report(parser.parse_args(argv).folder)
+    parser.add_argument("--wandb", metavar="PROJECT", default=None,
+                        help="also log the table and plot to this W&B project (offline unless logged in)")
+    args = parser.parse_args(argv)
+    target = write_report(args.folder, args.wandb)
     print(target.read_text())
     print(f"Wrote {target} and {target.parent / 'accuracy-vs-sparsity.png'}")
 

@@ -18,11 +18,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from dfkd import loggers, pruning, recovery, report
+from dfkd import loggers, pruning, recovery, report, trainer
 from dfkd.errors import DfkdError, build, check
 from dfkd.evaluate import evaluate
 from dfkd.teacher import build_model, obtain_teacher
-from dfkd.trainer import device_of
 
 log = logging.getLogger("dfkd")
 
@@ -47,12 +46,13 @@ def run(cfg: DictConfig) -> dict:
           f"line, e.g. {missing[0] if missing else ''}=...). data=image_folder needs data.root=PATH; "
           f"model=custom needs model.path=package.module.Class and teacher.checkpoint=PATH.")
     pruning.validate(cfg.pruning.ratio, cfg.pruning.method, cfg.pruning.scope)
+    trainer.validate(cfg.trainer)
     data = build(cfg.data, "data")
     data.setup()
     L.seed_everything(cfg.teacher.seed, workers=True, verbose=False)  # the teacher's initial weights
     model = build_model(cfg)
     recovery.validate(cfg, model)
-    device, times = device_of(cfg.trainer), Stopwatch()
+    device, times = trainer.device_of(cfg.trainer), Stopwatch()
     logger = loggers.build_logger(cfg)
     try:
         with times("teacher"):

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from dfkd.errors import build
+from dfkd.errors import DfkdError, build
 
 # Expected and harmless here: in-memory data needs no workers; short runs log rarely.
 # The frozen teacher is in eval mode on purpose.
@@ -17,6 +17,22 @@ for _pattern in (".*does not have many workers.*", ".*is smaller than the loggin
                  ".*module\\(s\\) in eval mode at the start of training.*",
                  ".*`IterableDataset` has `__len__` defined.*"):
     warnings.filterwarnings("ignore", _pattern)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse DDP inside a local multirun: Lightning relaunches the command line once per rank,
+    and each relaunch would start the whole sweep again (use hydra/launcher=slurm instead)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    if "ddp" in str(cfg.get("strategy", "")) and "BasicLauncher" in launcher:
+        raise DfkdError(
+            "trainer=ddp cannot run inside a local sweep (-m): Lightning starts the extra ranks by "
+            "re-running the command line, which would relaunch the sweep. Sweep with one device per "
+            "run (trainer=gpu), or fan the sweep out with hydra/launcher=slurm.")
 
 
 def make_trainer(cfg: DictConfig, **stage) -> L.Trainer:

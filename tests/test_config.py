@@ -90,11 +90,23 @@ def test_a_fitting_checkpoint_with_wrappers_loads(make_cfg, tmp_path):
                                                   net.state_dict().values()))
 
 
-def test_command_line_error_is_one_paragraph_without_traceback(tmp_path):
+def _cli(tmp_path, *args):
     env = {**os.environ, "DFKD_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-m", "dfkd.run", "pruning.ratio=1.5", "logger=none",
-                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
-                          env=env, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    return subprocess.run([sys.executable, "-m", "dfkd.run", *args, "logger=none"],
+                          capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+
+
+def test_command_line_error_is_one_paragraph_without_traceback(tmp_path):
+    proc = _cli(tmp_path, "pruning.ratio=1.5", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
     assert "dfkd: error: pruning.ratio=1.5 is outside [0, 1)" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_ddp_inside_a_local_sweep_is_refused(tmp_path):
+    proc = _cli(tmp_path, "-m", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                "pruning.ratio=0.5,0.9", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 2
+    assert "trainer=ddp cannot run inside a local sweep" in proc.stderr
+    assert not (tmp_path / "cache").exists()

@@ -49,3 +49,16 @@ def test_report_averages_seeds_and_draws_the_plot(tmp_path, caplog):
 def test_report_of_an_empty_folder_says_what_to_point_it_at(tmp_path):
     with pytest.raises(SystemExit, match="no results.json"):
         report.write_report(tmp_path)
+
+
+def test_report_table_goes_to_wandb(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # nobody logged in: offline
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    _result(tmp_path / "0", 0, "dfkd", 0.9, 0.99, 0.20, 0.96)
+    report.main([str(tmp_path), "--wandb", "dfkd-test"])
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert b"results" in next(runs[0].glob("*.wandb")).read_bytes()
+    assert list(runs[0].rglob("*.table.json"))

@@ -34,7 +34,7 @@ class BNStatsHook:
         self.handle = bn.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
-        x = inputs[0]
+        x = inputs[0].float()  # statistics in fp32, also under mixed precision
         dims = [0, *range(2, x.dim())]
         mean = x.mean(dims)
         var = x.var(dims, unbiased=False)
@@ -79,12 +79,14 @@ class DeepInversion(Synthesizer):
                  seed: int = 0, iterations: int = 200, lr: float = 0.1,
                  betas: tuple[float, float] = (0.5, 0.9), bn_weight: float = 1.0,
                  first_bn_multiplier: float = 1.0, ce_weight: float = 1.0, tv_l1: float = 0.0,
-                 tv_l2: float = 1e-4, l2: float = 0.0, jitter: int = 1, flip: bool = True) -> None:
+                 tv_l2: float = 1e-4, l2: float = 0.0, jitter: int = 1, flip: bool = True,
+                 mixed_precision: bool = True) -> None:
         super().__init__(teacher, image_shape, num_classes, pixel_bounds, seed)
         self.iterations, self.lr, self.betas = int(iterations), float(lr), tuple(betas)
         self.bn_weight, self.first_bn_multiplier = float(bn_weight), float(first_bn_multiplier)
         self.ce_weight, self.tv_l1, self.tv_l2, self.l2 = ce_weight, tv_l1, tv_l2, l2
         self.jitter, self.flip = int(jitter), bool(flip)
+        self.mixed_precision = bool(mixed_precision)
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         if self.jitter > 0:
@@ -97,7 +99,10 @@ class DeepInversion(Synthesizer):
     def losses(self, x: torch.Tensor, targets: torch.Tensor,
                hooks: list[BNStatsHook]) -> dict[str, torch.Tensor]:
         """Every named loss term of one step on the (already augmented) batch ``x``."""
-        logits = self.teacher(x)
+        # bf16 autocast on GPUs that have it; BatchNorm and the losses stay in fp32
+        amp = self.mixed_precision and x.is_cuda and torch.cuda.is_bf16_supported()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = self.teacher(x).float()
         tv_l1, tv_l2, l2 = image_priors(x)
         terms = {"ce": F.cross_entropy(logits, targets), "bn": bn_loss(hooks, self.first_bn_multiplier),
                  "tv_l1": tv_l1, "tv_l2": tv_l2, "l2": l2}
