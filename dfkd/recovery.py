@@ -105,6 +105,7 @@ def recover(cfg: DictConfig, teacher: nn.Module, student: nn.Module, data: Image
         synthesizer = factory(
             teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
             pixel_bounds=data.pixel_bounds(), seed=cfg.seed)
+        synthesizer.student = student  # for terms that look at student-teacher disagreement (ADI)
         source = SyntheticDataModule(synthesizer, kd_batch_size=rc.batch_size,
                                      steps_per_epoch=rc.val_every_n_steps, seed=cfg.seed,
                                      val_dataloader=data.test_dataloader, **sc.pool)

@@ -2,8 +2,9 @@
 
 from dfkd.synthesis.base import Synthesizer
 from dfkd.synthesis.datamodule import SyntheticDataModule
-from dfkd.synthesis.deepinversion import DeepInversion, bn_statistics, image_priors
+from dfkd.synthesis.deepinversion import DeepInversion, bn_statistics, image_priors, js_divergence
+from dfkd.synthesis.fast import FastSynthesizer, Generator
 from dfkd.synthesis.noise import Noise
 
-__all__ = ["Synthesizer", "SyntheticDataModule", "DeepInversion", "Noise",
-           "bn_statistics", "image_priors"]
+__all__ = ["Synthesizer", "SyntheticDataModule", "DeepInversion", "FastSynthesizer", "Generator",
+           "Noise", "bn_statistics", "image_priors", "js_divergence"]

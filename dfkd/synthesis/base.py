@@ -1,9 +1,17 @@
-"""The interface every synthesizer implements: ``synthesize(n) -> (images, targets)``."""
+"""The interface every synthesizer implements: ``synthesize(n) -> (images, targets)``, plus the
+quality signals every synthetic batch is judged by."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from dfkd.models import batchnorm_layers
 
 
 class Synthesizer:
@@ -11,7 +19,8 @@ class Synthesizer:
 
     It holds the teacher by reference (the DistillModule owns it, so Lightning moves it to the
     right device) and its own random generator, seeded per rank, so DDP ranks dream different
-    images while the user's global seed stays untouched.
+    images while the user's global seed stays untouched. ``student`` is set during recovery, for
+    synthesizers that look at where student and teacher disagree.
     """
 
     needs_batchnorm = False
@@ -19,6 +28,7 @@ class Synthesizer:
     def __init__(self, teacher: nn.Module, image_shape: tuple[int, int, int], num_classes: int,
                  pixel_bounds: tuple[torch.Tensor, torch.Tensor], seed: int = 0) -> None:
         self.teacher = teacher
+        self.student: nn.Module | None = None
         self.image_shape = tuple(image_shape)
         self.num_classes = num_classes
         self.low, self.high = pixel_bounds
@@ -37,13 +47,67 @@ class Synthesizer:
         targets = torch.arange(n) % self.num_classes
         return targets[torch.randperm(n, generator=self.generator)]
 
-    def noise(self, n: int) -> torch.Tensor:
-        return torch.randn((n, *self.image_shape), generator=self.generator).to(self.device)
+    def noise(self, n: int, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        return torch.randn((n, *(shape or self.image_shape)), generator=self.generator).to(self.device)
+
+    def bounds(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.low.to(device), self.high.to(device)
 
     def clamp_(self, images: torch.Tensor) -> torch.Tensor:
         """Clip to the valid pixel range of the data set, per channel, in place."""
-        low, high = self.low.to(images.device), self.high.to(images.device)
+        low, high = self.bounds(images.device)
         return images.copy_(torch.maximum(torch.minimum(images, high), low))
 
     def synthesize(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    @torch.no_grad()
+    def quality(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """How the teacher sees a synthetic batch: agreement with the targets, confidence,
+        entropy, class balance of its predictions (1 = even), the BatchNorm-statistics gap per
+        layer, and diversity (mean cosine distance between penultimate features)."""
+        from dfkd.synthesis.deepinversion import bn_loss, bn_statistics
+
+        features: list[torch.Tensor] = []
+        heads = [m for m in self.teacher.modules() if isinstance(m, nn.Linear)]
+        handle = heads[-1].register_forward_hook(lambda m, i, o: features.append(i[0])) if heads else None
+        try:
+            with bn_statistics(self.teacher) as hooks:
+                probs = self.teacher(images).float().softmax(1)
+                gap = bn_loss(hooks).item() / len(hooks) if hooks else float("nan")
+        finally:
+            if handle is not None:
+                handle.remove()
+        n, log_probs = len(images), probs.clamp_min(1e-12).log()
+        share = torch.bincount(probs.argmax(1), minlength=self.num_classes).float() / n
+        stats = {
+            "synthesis/target_acc": (probs.argmax(1) == targets).float().mean().item(),
+            "synthesis/confidence": probs.max(1).values.mean().item(),
+            "synthesis/entropy": -(probs * log_probs).sum(1).mean().item(),
+            "synthesis/class_balance": (-(share * share.clamp_min(1e-12).log()).sum()
+                                        / math.log(self.num_classes)).item(),
+            "synthesis/bn_loss": gap,
+        }
+        if features and n > 1:
+            f = F.normalize(features[-1].float().flatten(1), dim=1)
+            similarity = (f @ f.T).sum() - n
+            stats["synthesis/diversity"] = 1.0 - (similarity / (n * (n - 1))).item()
+        return stats
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module | None) -> Iterator[None]:
+    """Use ``model`` (the student, mid-training) for synthesis only: eval mode and no parameter
+    gradients inside, everything as it was afterwards."""
+    if model is None:
+        yield
+        return
+    training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval().requires_grad_(False)
+    try:
+        yield
+    finally:
+        model.train(training)
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)

@@ -4,10 +4,11 @@ see the statistics they were trained on, and the teacher sees the sampled target
     loss = ce_weight * CE(teacher(x'), y)
          + bn_weight * sum_l w_l (||mu_l(x') - running_mean_l||_2 + ||var_l(x') - running_var_l||_2)
          + tv_l1 * TV_1(x') + tv_l2 * TV_2(x') + l2 * mean_i ||x'_i||_2
+         - competition_weight * JS(teacher(x') || student(x'))        (ADI, Yin et al. 2020)
 
 where x' is x randomly jittered (rolled) and flipped, and w_1 = first_bn_multiplier, w_l = 1.
-Adam on the pixels with a cosine learning rate; pixels clipped to the data set's range;
-the lowest-loss iterate is kept.
+Adam on the pixels with a cosine learning rate, optionally a first phase at half resolution
+(multi-resolution warm-up); pixels clipped to the data set's range; the lowest-loss iterate is kept.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfkd.models import batchnorm_layers
-from dfkd.synthesis.base import Synthesizer
+from dfkd.synthesis.base import Synthesizer, frozen
 
 
 class BNStatsHook:
@@ -72,21 +73,42 @@ def image_priors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return tv_l1, tv_l2, l2
 
 
+def js_divergence(logits_p: torch.Tensor, logits_q: torch.Tensor, temperature: float = 3.0) -> torch.Tensor:
+    """Jensen-Shannon divergence between two softened output distributions (0 when equal,
+    at most ln 2), averaged over the batch."""
+    log_p = F.log_softmax(logits_p / temperature, dim=1)
+    log_q = F.log_softmax(logits_q / temperature, dim=1)
+    log_m = (0.5 * (log_p.exp() + log_q.exp())).clamp_min(1e-12).log()
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(1)
+    kl_qm = (log_q.exp() * (log_q - log_m)).sum(1)
+    return 0.5 * (kl_pm + kl_qm).mean()
+
+
 class DeepInversion(Synthesizer):
+    """Optimize the pixels of each batch from noise (``iterations`` Adam steps)."""
+
     needs_batchnorm = True
 
     def __init__(self, teacher: nn.Module, image_shape, num_classes: int, pixel_bounds,
                  seed: int = 0, iterations: int = 200, lr: float = 0.1,
                  betas: tuple[float, float] = (0.5, 0.9), bn_weight: float = 1.0,
                  first_bn_multiplier: float = 1.0, ce_weight: float = 1.0, tv_l1: float = 0.0,
-                 tv_l2: float = 1e-4, l2: float = 0.0, jitter: int = 1, flip: bool = True,
-                 mixed_precision: bool = True) -> None:
+                 tv_l2: float = 1e-4, l2: float = 0.0, competition_weight: float = 0.0,
+                 competition_temperature: float = 3.0, jitter: int = 1, flip: bool = True,
+                 multires_iterations: int = 0, mixed_precision: bool = True) -> None:
         super().__init__(teacher, image_shape, num_classes, pixel_bounds, seed)
         self.iterations, self.lr, self.betas = int(iterations), float(lr), tuple(betas)
-        self.bn_weight, self.first_bn_multiplier = float(bn_weight), float(first_bn_multiplier)
-        self.ce_weight, self.tv_l1, self.tv_l2, self.l2 = ce_weight, tv_l1, tv_l2, l2
+        self.multires_iterations = int(multires_iterations)
+        self.weights = {"ce": float(ce_weight), "bn": float(bn_weight), "tv_l1": float(tv_l1),
+                        "tv_l2": float(tv_l2), "l2": float(l2), "adi": -float(competition_weight)}
+        self.first_bn_multiplier = float(first_bn_multiplier)
+        self.competition_temperature = float(competition_temperature)
         self.jitter, self.flip = int(jitter), bool(flip)
         self.mixed_precision = bool(mixed_precision)
+
+    @property
+    def competes(self) -> bool:
+        return self.weights["adi"] != 0 and self.student is not None
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         if self.jitter > 0:
@@ -98,47 +120,53 @@ class DeepInversion(Synthesizer):
 
     def losses(self, x: torch.Tensor, targets: torch.Tensor,
                hooks: list[BNStatsHook]) -> dict[str, torch.Tensor]:
-        """Every named loss term of one step on the (already augmented) batch ``x``."""
-        # bf16 autocast on GPUs that have it; BatchNorm and the losses stay in fp32
+        """Every named loss term of one step on the (already augmented) batch ``x``, and their
+        weighted sum as ``total``."""
+        # bf16 autocast on GPUs that have it; BatchNorm statistics and the losses stay in fp32
         amp = self.mixed_precision and x.is_cuda and torch.cuda.is_bf16_supported()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             logits = self.teacher(x).float()
+            student_logits = self.student(x).float() if self.competes else None
         tv_l1, tv_l2, l2 = image_priors(x)
         terms = {"ce": F.cross_entropy(logits, targets), "bn": bn_loss(hooks, self.first_bn_multiplier),
-                 "tv_l1": tv_l1, "tv_l2": tv_l2, "l2": l2}
-        weights = {"ce": self.ce_weight, "bn": self.bn_weight, "tv_l1": self.tv_l1,
-                   "tv_l2": self.tv_l2, "l2": self.l2}
-        terms["total"] = sum(weights[k] * terms[k] for k in weights)
+                 "tv_l1": tv_l1, "tv_l2": tv_l2, "l2": l2,
+                 "adi": (js_divergence(logits, student_logits, self.competition_temperature)
+                         if student_logits is not None else logits.new_zeros(()))}
+        terms["total"] = sum(w * terms[k] for k, w in self.weights.items() if w)
         return terms
+
+    def _optimize(self, x: torch.Tensor, targets: torch.Tensor, iterations: int,
+                  hooks: list[BNStatsHook]) -> tuple[torch.Tensor, float]:
+        """Adam on the pixels of ``x`` with a cosine learning rate; the lowest-loss iterate."""
+        x = x.detach().requires_grad_(True)
+        optimizer = torch.optim.Adam([x], lr=self.lr, betas=self.betas)
+        best, best_loss = x.detach().clone(), math.inf
+        for step in range(iterations):
+            for group in optimizer.param_groups:
+                group["lr"] = 0.5 * self.lr * (1 + math.cos(math.pi * step / iterations))
+            terms = self.losses(self._augment(x), targets, hooks)
+            if terms["total"].item() < best_loss:
+                best_loss, best = terms["total"].item(), x.detach().clone()
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            with torch.no_grad():
+                self.clamp_(x)
+        return best, best_loss
 
     def synthesize(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = time.perf_counter()
         self.teacher.eval()  # BN must normalize with running statistics and leave them alone
         targets = self.balanced_targets(n).to(self.device)
-        x = self.noise(n).requires_grad_(True)
-        optimizer = torch.optim.Adam([x], lr=self.lr, betas=self.betas)
-        best, best_loss = x.detach().clone(), math.inf
-        with torch.enable_grad(), bn_statistics(self.teacher) as hooks:
-            for step in range(self.iterations):
-                for group in optimizer.param_groups:  # cosine decay from lr to 0
-                    group["lr"] = 0.5 * self.lr * (1 + math.cos(math.pi * step / self.iterations))
-                terms = self.losses(self._augment(x), targets, hooks)
-                if terms["total"].item() < best_loss:
-                    best_loss, best = terms["total"].item(), x.detach().clone()
-                optimizer.zero_grad(set_to_none=True)
-                terms["total"].backward()
-                optimizer.step()
-                with torch.no_grad():
-                    self.clamp_(x)
-            with torch.no_grad():
-                final = self.losses(best, targets, hooks)
-                probs = self.teacher(best).softmax(1)
-        self.stats = {
-            "synthesis/seconds": time.perf_counter() - start,
-            "synthesis/loss": final["total"].item(),
-            "synthesis/bn_loss": final["bn"].item() / max(len(hooks), 1),
-            "synthesis/ce_loss": final["ce"].item(),
-            "synthesis/target_acc": (probs.argmax(1) == targets).float().mean().item(),
-            "synthesis/confidence": probs.max(1).values.mean().item(),
-        }
+        c, h, w = self.image_shape
+        warmup = min(self.multires_iterations, self.iterations - 1)
+        with torch.enable_grad(), frozen(self.student), bn_statistics(self.teacher) as hooks:
+            if warmup > 0:  # a coarse first phase at half resolution, then upsampled
+                coarse, _ = self._optimize(self.noise(n, (c, h // 2, w // 2)), targets, warmup, hooks)
+                x = F.interpolate(coarse, size=(h, w), mode="nearest")
+            else:
+                x = self.noise(n)
+            best, best_loss = self._optimize(x, targets, self.iterations - warmup, hooks)
+        self.stats = {"synthesis/seconds": time.perf_counter() - start,
+                      "synthesis/loss": best_loss, **self.quality(best, targets)}
         return best, targets

@@ -14,5 +14,5 @@ class Noise(Synthesizer):
         start = time.perf_counter()
         images = self.clamp_(self.noise(n))
         targets = self.balanced_targets(n).to(self.device)
-        self.stats = {"synthesis/seconds": time.perf_counter() - start}
+        self.stats = {"synthesis/seconds": time.perf_counter() - start, **self.quality(images, targets)}
         return images, targets
