@@ -49,7 +49,6 @@ def run(cfg: DictConfig) -> dict:
     trainer.validate(cfg.trainer)
     data = build(cfg.data, "data")
     data.setup()
-    L.seed_everything(cfg.teacher.seed, workers=True, verbose=False)  # the teacher's initial weights
     model = build_model(cfg)
     recovery.validate(cfg, model)
     device, times = trainer.device_of(cfg.trainer), Stopwatch()

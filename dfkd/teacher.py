@@ -23,8 +23,11 @@ log = logging.getLogger(__name__)
 
 
 def build_model(cfg: DictConfig) -> nn.Module:
-    """Instantiate conf/model; a constructor error names the setting."""
-    model = build(cfg.model, "model")
+    """Instantiate conf/model with initial weights seeded by teacher.seed (so a cached teacher
+    is the same whoever trained it); a constructor error names the setting."""
+    with torch.random.fork_rng(devices=[]):  # initial weights depend on teacher.seed alone
+        torch.manual_seed(cfg.teacher.seed)
+        model = build(cfg.model, "model")
     check(isinstance(model, nn.Module), f"model={cfg.model.name} did not build an nn.Module; point "
           f"it at a torch.nn.Module class or factory.")
     return model

@@ -32,7 +32,7 @@ def test_custom_model_with_checkpoint(make_cfg, image_tree, tmp_path):
     path = tmp_path / "mine.pt"
     torch.save(VGG16BN(num_classes=3, width=4).state_dict(), path)
     results = run(make_cfg("model=custom", "model.path=dfkd.models.cifar.VGG16BN",
-                           "+model.kwargs={num_classes: 3, width: 4}", f"teacher.checkpoint={path}",
+                           "model.kwargs={num_classes: 3, width: 4}", f"teacher.checkpoint={path}",
                            f"data.root={image_tree}", *TINY))
     assert results["teacher"]["source"] == str(path)
 

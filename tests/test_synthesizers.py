@@ -87,7 +87,7 @@ def test_adi_leaves_the_student_as_it_was(digits_teacher):
 
 def test_fast_makes_a_new_batch_in_g_steps(digits_teacher):
     teacher, data = digits_teacher
-    fast = _make(teacher, data, "fast", warmup_steps=20, g_steps=3)
+    fast = _make(teacher, data, "fast", warmup_steps=100, g_steps=3)
     calls = []
     handle = teacher.register_forward_hook(lambda *args: calls.append(1))
     try:
@@ -97,13 +97,14 @@ def test_fast_makes_a_new_batch_in_g_steps(digits_teacher):
         second = len(calls) - first
     finally:
         handle.remove()
-    assert first == 20 + 1                 # warm-up steps, then one look to judge the batch
+    assert first == 100 + 1                # warm-up steps, then one look to judge the batch
     assert second == 3 + 1                 # g_steps, then one look
     assert fast.stats["synthesis/g_steps"] == 3
     # the meta-learned generator carries over: 3 steps from it beat 3 steps from scratch
     scratch = _make(teacher, data, "fast", warmup_steps=3, g_steps=3)
     scratch.synthesize(32)
-    assert fast.stats["synthesis/target_acc"] > scratch.stats["synthesis/target_acc"] + 0.1
+    # measured: 0.58 against 0.09 (128 images, 5 steps); here 32 images, 3 steps
+    assert fast.stats["synthesis/target_acc"] > scratch.stats["synthesis/target_acc"] + 0.2
 
 
 def test_quality_signals_are_reported(digits_teacher):

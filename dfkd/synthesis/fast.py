@@ -47,8 +47,8 @@ class Generator(nn.Module):
 
 class FastSynthesizer(DeepInversion):
     def __init__(self, teacher: nn.Module, image_shape, num_classes: int, pixel_bounds, seed: int = 0,
-                 g_steps: int = 5, warmup_steps: int = 200, lr_generator: float = 2e-3,
-                 lr_latent: float = 1e-2, meta_lr: float = 0.5, latent_dim: int = 64,
+                 g_steps: int = 5, warmup_steps: int = 200, lr_generator: float = 1e-2,
+                 lr_latent: float = 5e-2, meta_lr: float = 0.5, latent_dim: int = 64,
                  generator_width: int = 64, **loss_settings) -> None:
         loss_settings.setdefault("lr", lr_latent)
         super().__init__(teacher, image_shape, num_classes, pixel_bounds, seed, **loss_settings)
