@@ -71,7 +71,7 @@ def test_wandb_logs_offline_without_a_login(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     results = run(make_cfg("logger=wandb", "recovery.steps=10"))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and results["recovered"]["acc"] > 0.5
+    assert len(runs) == 1 and results["recovered"]["sparsity"] >= 0.9 - 1e-3
     # The offline transaction log (what `wandb sync` uploads) holds the config, the summary
     # figures and the image grid.
     record = next(runs[0].glob("*.wandb")).read_bytes()
