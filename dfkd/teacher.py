@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import lightning as L
@@ -53,9 +54,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
           f"dict of the teacher, or set teacher.checkpoint=null to train a teacher on the real data.")
     try:
         state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError, EOFError) as err:
-        raise DfkdError(f"teacher.checkpoint={path} could not be read ({err}). It must be a file "
-                        f"written by torch.save.") from err
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
+        raise DfkdError(f"teacher.checkpoint={path} could not be read ({err}). It must be a state "
+                        f"dict written by torch.save(model.state_dict(), PATH).") from err
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -79,6 +79,15 @@ def test_checkpoint_that_does_not_fit_lists_the_differences(make_cfg, tmp_path):
     assert "shape mismatch" in str(err.value) and "features.0.weight" in str(err.value)
 
 
+def test_unreadable_checkpoint_names_the_setting(tmp_path):
+    from dfkd.teacher import load_weights
+
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(DfkdError, match=r"teacher\.checkpoint=.*could not be read"):
+        load_weights(DigitsCNN(width=16), path)
+
+
 def test_a_fitting_checkpoint_with_wrappers_loads(make_cfg, tmp_path):
     from dfkd.teacher import load_weights
 
