@@ -6,7 +6,6 @@ import copy
 import pytest
 import torch
 
-from dfkd.models import DigitsCNN
 from dfkd.synthesis import DeepInversion, FastSynthesizer, Noise, bn_statistics, js_divergence
 
 KINDS = {

@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfkd.models import batchnorm_layers
-
 
 class Synthesizer:
     """Makes batches of images for the teacher, on the teacher's device.
