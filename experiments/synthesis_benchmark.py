@@ -37,7 +37,7 @@ from dfkd.errors import build
 from dfkd.evaluate import evaluate
 from dfkd.modules import DistillModule
 from dfkd.synthesis import Noise, SyntheticDataModule, bn_statistics, image_priors
-from dfkd.synthesis.deepinversion import bn_loss
+from dfkd.synthesis.bn_stats import bn_loss
 from dfkd.teacher import build_model, obtain_teacher
 from dfkd.trainer import device_of, make_trainer
 

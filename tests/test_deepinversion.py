@@ -3,7 +3,7 @@ from torch import nn
 
 from dfkd.models import DigitsCNN
 from dfkd.synthesis import DeepInversion, Noise, bn_statistics
-from dfkd.synthesis.deepinversion import bn_loss
+from dfkd.synthesis.bn_stats import bn_loss
 
 
 def test_bn_statistics_loss_matches_hand_computation():

@@ -1,10 +1,11 @@
 """Synthetic transfer sets: images dreamed from the teacher alone, served by a DataModule."""
 
 from dfkd.synthesis.base import Synthesizer
+from dfkd.synthesis.bn_stats import bn_loss, bn_statistics
 from dfkd.synthesis.datamodule import SyntheticDataModule
-from dfkd.synthesis.deepinversion import DeepInversion, bn_statistics, image_priors, js_divergence
+from dfkd.synthesis.deepinversion import DeepInversion, image_priors, js_divergence
 from dfkd.synthesis.fast import FastSynthesizer, Generator
 from dfkd.synthesis.noise import Noise
 
 __all__ = ["Synthesizer", "SyntheticDataModule", "DeepInversion", "FastSynthesizer", "Generator",
-           "Noise", "bn_statistics", "image_priors", "js_divergence"]
+           "Noise", "bn_loss", "bn_statistics", "image_priors", "js_divergence"]

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfkd.synthesis.bn_stats import bn_loss, bn_statistics
+
 
 class Synthesizer:
     """Makes batches of images for the teacher, on the teacher's device.
@@ -64,8 +66,6 @@ class Synthesizer:
         """How the teacher sees a synthetic batch: agreement with the targets, confidence,
         entropy, class balance of its predictions (1 = even), the BatchNorm-statistics gap per
         layer, and diversity (mean cosine distance between penultimate features)."""
-        from dfkd.synthesis.deepinversion import bn_loss, bn_statistics
-
         features: list[torch.Tensor] = []
         heads = [m for m in self.teacher.modules() if isinstance(m, nn.Linear)]
         handle = heads[-1].register_forward_hook(lambda m, i, o: features.append(i[0])) if heads else None

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from dfkd.synthesis.base import frozen
-from dfkd.synthesis.deepinversion import DeepInversion, bn_statistics
+from dfkd.synthesis.bn_stats import bn_statistics
+from dfkd.synthesis.deepinversion import DeepInversion
 
 
 class Generator(nn.Module):
