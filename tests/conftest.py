@@ -80,3 +80,18 @@ def write_image_tree(root: Path, classes: int = 3, train: int = 6, test: int = 2
 @pytest.fixture(scope="session")
 def image_tree(tmp_path_factory) -> Path:
     return write_image_tree(tmp_path_factory.mktemp("images"))
+
+
+def wandb_log_holds(run_dir: Path, *keys: bytes, timeout: float = 30.0) -> None:
+    """Assert that an offline W&B run's transaction log (what `wandb sync` uploads) holds every
+    key. wandb's service process may still be flushing it when finish() returns, so wait for it."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        record = next(Path(run_dir).glob("*.wandb")).read_bytes()
+        if all(key in record for key in keys) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for key in keys:
+        assert key in record, key

@@ -3,6 +3,7 @@ import logging
 
 import pytest
 
+from conftest import wandb_log_holds
 from dfkd import report
 
 
@@ -60,5 +61,5 @@ def test_report_table_goes_to_wandb(tmp_path, monkeypatch):
     report.main([str(tmp_path), "--wandb", "dfkd-test"])
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    assert b"results" in next(runs[0].glob("*.wandb")).read_bytes()
+    wandb_log_holds(runs[0], b"results")
     assert list(runs[0].rglob("*.table.json"))
