@@ -36,6 +36,9 @@ def build_logger(cfg: DictConfig) -> Logger | None:
         if cfg.logger.get("offline") is None and not os.environ.get("WANDB_MODE"):
             extra["offline"] = not wandb_logged_in()
         Path(cfg.logger.save_dir).mkdir(parents=True, exist_ok=True)
+        earlier = Path(cfg.logger.save_dir) / "wandb" / "latest-run"
+        if cfg.get("resume") and earlier.exists():  # go on with the interrupted run's W&B run
+            extra.update(id=earlier.resolve().name.rsplit("-", 1)[-1], resume="allow")
         # ``config`` would clash with instantiate's own first argument: pass it to the partial
         logger = build(cfg.logger, "logger", _partial_=True, **extra)(
             config=OmegaConf.to_container(cfg, resolve=True))

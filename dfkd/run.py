@@ -1,6 +1,9 @@
 """Entry point: ``python -m dfkd.run [overrides]``.
 
 teacher (load or train, cached) -> prune -> evaluate -> recover -> evaluate -> report
+
+``python -m dfkd.run resume=RUN_DIR`` goes on with an interrupted run: the same settings, the same
+folder, recovery from its last checkpoint, and the same W&B run.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ class Stopwatch(dict):
 def run(cfg: DictConfig) -> dict:
     """The whole pipeline for one configuration; returns (and writes) its results."""
     out = Path(cfg.paths.output_dir)
+    check(not (cfg.get("resume") and (out / "results.json").exists()),
+          f"The run in {out} has finished (its results.json is there): there is nothing to resume. "
+          f"Start a new run without resume=.")
     missing = sorted(OmegaConf.missing_keys(cfg))
     check(not missing, f"These settings need a value: {', '.join(missing)} (set them on the command "
           f"line, e.g. {missing[0] if missing else ''}=...). data=image_folder needs data.root=PATH; "
@@ -96,6 +102,27 @@ def run(cfg: DictConfig) -> dict:
         loggers.finish(logger)
 
 
+def resume_argv(argv: list[str]) -> list[str]:
+    """``resume=RUN_DIR [overrides]`` -> the overrides RUN_DIR was started with, then any new ones
+    (e.g. a different trainer), with RUN_DIR as the run folder again. Hydra records the relaunch
+    under RUN_DIR/.hydra/resumed/, so the original record stays as it was."""
+    given = [a for a in argv[1:] if a.startswith("resume=")]
+    if not given or given[-1] in ("resume=null", "resume="):
+        return argv
+    folder = Path(given[-1].split("=", 1)[1]).expanduser().resolve()
+    recorded = folder / ".hydra" / "overrides.yaml"
+    if not recorded.is_file():
+        raise DfkdError(f"resume={folder} is not the folder of a dfkd run: it has no .hydra/overrides.yaml. "
+                        f"Pass the folder a run wrote (outputs/dfkd/DATE_TIME, or one numbered job "
+                        f"folder of a sweep, outputs/multirun/DATE_TIME/N).")
+    original = [str(o) for o in OmegaConf.load(recorded) if not str(o).startswith("resume=")]
+    extra = [a for a in argv[1:] if not a.startswith("resume=")]
+    check("-m" not in extra and "--multirun" not in extra,
+          "resume= continues one run; resume each job folder of a sweep on its own.")
+    return [argv[0], *original, *extra, f"resume='{folder}'", f"hydra.run.dir='{folder}'",
+            "hydra.output_subdir=.hydra/resumed"]
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
@@ -108,5 +135,14 @@ def main(cfg: DictConfig) -> float | None:
     return results["recovered"]["acc"]  # what a Hydra sweeper would optimize
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    try:
+        sys.argv = resume_argv(sys.argv)
+    except DfkdError as err:
+        print(f"dfkd: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -104,3 +104,41 @@ def test_same_seed_gives_the_same_figures(make_cfg, tmp_path):
     assert second["teacher"]["cached"] is False
     for stage in ("teacher", "pruned", "recovered"):
         assert first[stage]["acc"] == second[stage]["acc"], stage
+
+
+def test_an_interrupted_run_resumes_with_one_command(tmp_path, cache_dir):
+    """`resume=RUN_DIR` goes on from the last checkpoint, in the same folder, with the settings
+    the run was started with (here a 30-step run stopped after its step-30 checkpoint, whose
+    results.json is gone, resumed with a longer budget)."""
+    import csv
+
+    env = {**os.environ, "DFKD_CACHE_DIR": str(cache_dir)}
+    folder = tmp_path / "run"
+    first = subprocess.run(
+        [sys.executable, "-m", "dfkd.run", *FAST, "logger=csv", "recovery.steps=30",
+         f"hydra.run.dir={folder}"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (folder / "results.json").unlink()  # as if it had stopped before the end
+    recorded = (folder / ".hydra" / "config.yaml").read_text()
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "dfkd.run", f"resume={folder}", "recovery.steps=60"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
+    results = json.loads((folder / "results.json").read_text())
+    assert results["config"]["recovery_steps"] == 60 and results["config"]["pruning_ratio"] == 0.9
+    assert results["recovered"]["sparsity"] >= 0.9 - 1e-3
+    # The resumed part trained steps 31-60 only, and the original record is untouched.
+    with open(folder / "csv" / "version_1" / "metrics.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/kd_loss")]
+    assert steps and min(steps) >= 30 and max(steps) >= 50
+    assert (folder / ".hydra" / "config.yaml").read_text() == recorded
+    assert (folder / ".hydra" / "resumed" / "overrides.yaml").is_file()
+
+    again = subprocess.run([sys.executable, "-m", "dfkd.run", f"resume={folder}"],
+                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert again.returncode == 2 and "has finished" in again.stderr
+    nowhere = subprocess.run([sys.executable, "-m", "dfkd.run", f"resume={tmp_path / 'nope'}"],
+                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert nowhere.returncode == 2 and "not the folder of a dfkd run" in nowhere.stderr

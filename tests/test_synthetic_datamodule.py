@@ -67,3 +67,32 @@ def test_ranks_dream_different_images(digits_teacher):
         next(iter(dm.train_dataloader()))
         pools.append(dm.images)
     assert not torch.equal(pools[0], pools[1])
+
+
+def test_a_resumed_stream_goes_on_exactly_where_the_checkpoint_left_it(digits_teacher):
+    """After a checkpoint round trip the next KD batches and the next dreams, including the fast
+    synthesizer's meta-learned generator, are the ones the uninterrupted run gets."""
+    from dfkd.synthesis import FastSynthesizer
+
+    teacher, data = digits_teacher
+
+    def fast_module():
+        synth = FastSynthesizer(teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
+                                pixel_bounds=data.pixel_bounds(), g_steps=1, warmup_steps=2)
+        return SyntheticDataModule(synth, kd_batch_size=16, batch_size=32, size=96, initial_batches=1,
+                                   refresh_every=2, steps_per_epoch=4)
+
+    run = fast_module()
+    run.setup("fit")
+    stream = iter(run.train_dataloader())
+    for _ in range(3):
+        next(stream)
+    state = run.state_dict()
+    resumed = fast_module()
+    resumed.setup("fit")            # Lightning calls setup first, then load_state_dict
+    resumed.load_state_dict(state)
+    later = [next(stream) for _ in range(1)] + list(iter(run.train_dataloader()))[:3]
+    again = list(iter(resumed.train_dataloader()))[:4]
+    for (x, y), (x2, y2) in zip(later, again):
+        assert torch.equal(y, y2) and torch.allclose(x, x2, atol=1e-6)
+    assert resumed.refreshes == run.refreshes and resumed.synthesizer.batches == run.synthesizer.batches

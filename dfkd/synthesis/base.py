@@ -38,6 +38,13 @@ class Synthesizer:
     def reseed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to go on dreaming where this one stopped."""
+        return {"rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["rng"])
+
     @property
     def device(self) -> torch.device:
         return next(self.teacher.parameters()).device

@@ -93,13 +93,22 @@ class SyntheticDataModule(L.LightningDataModule):
         if self.images is None:
             return {}
         return {"images": self.images.cpu(), "targets": self.targets.cpu(), "steps": self.steps,
-                "refreshes": self.refreshes, "images_made": self.images_made}
+                "refreshes": self.refreshes, "images_made": self.images_made, "seconds": self.seconds,
+                "sampler": self.sampler.get_state(), "synthesizer": self.synthesizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Called by Lightning after ``setup`` when a run resumes from a checkpoint: the pool,
+        the counters, the random streams and the synthesizer (e.g. the fast generator) go on
+        from where the checkpoint left them."""
         if state:
             self.images, self.targets = state["images"], state["targets"]
             self.steps, self.refreshes = state["steps"], state["refreshes"]
             self.images_made = state["images_made"]
+            self.seconds = state.get("seconds", 0.0)
+            if "sampler" in state:
+                self.sampler.set_state(state["sampler"])
+            if "synthesizer" in state:
+                self.synthesizer.load_state_dict(state["synthesizer"])
 
     def summary(self) -> dict:
         return {"synthesizer": type(self.synthesizer).__name__, "synthesis_seconds": self.seconds, "synthesized_images": self.images_made,

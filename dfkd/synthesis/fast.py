@@ -62,6 +62,15 @@ class FastSynthesizer(DeepInversion):
         torch.random.set_rng_state(state)
         self.batches = 0
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "meta": {k: v.cpu() for k, v in self.meta.state_dict().items()},
+                "batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.meta.load_state_dict(state["meta"])
+        self.batches = state["batches"]
+
     def render(self, generator: Generator, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Generator output squashed into the data set's valid pixel range."""
         low, high = self.bounds(z.device)
