@@ -18,7 +18,7 @@ from torch import nn
 from dfkd.data import ImageDataModule
 from dfkd.errors import DfkdError, build, check
 from dfkd.modules import ClassifierModule, freeze
-from dfkd.trainer import make_trainer
+from dfkd.trainer import EpochLog, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,9 @@ def train_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule) -> n
     L.seed_everything(cfg.teacher.seed, workers=True, verbose=False)
     module = ClassifierModule(model, data.num_classes, build(cfg.teacher.optimizer, "teacher.optimizer"),
                               label_smoothing=cfg.teacher.label_smoothing)
+    quiet = not cfg.trainer.get("enable_progress_bar", True)
     trainer = make_trainer(cfg.trainer, max_epochs=cfg.teacher.epochs, logger=False,
+                           callbacks=[EpochLog("teacher")] if quiet else [],
                            enable_checkpointing=False, default_root_dir=cfg.paths.output_dir,
                            gradient_clip_val=cfg.teacher.gradient_clip_val)
     trainer.fit(module, train_dataloaders=data.train_dataloader())

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 from dfkd.errors import DfkdError, build
@@ -33,6 +36,25 @@ def validate(cfg: DictConfig) -> None:
             "trainer=ddp cannot run inside a local sweep (-m): Lightning starts the extra ranks by "
             "re-running the command line, which would relaunch the sweep. Sweep with one device per "
             "run (trainer=gpu), or fan the sweep out with hydra/launcher=slurm.")
+
+
+class EpochLog(Callback):
+    """One log line per epoch (the last batch's logged figures and the time so far), for runs
+    without a progress bar: a long teacher training is not silent for an hour."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def on_train_start(self, trainer, pl_module):
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if not trainer.is_global_zero:
+            return
+        figures = ", ".join(f"{k} {v.item():.4g}" for k, v in sorted(trainer.callback_metrics.items())
+                            if v.numel() == 1)
+        logging.getLogger("dfkd").info("%s epoch %d/%d: %s (%.0f s)", self.stage, trainer.current_epoch + 1,
+                      trainer.max_epochs, figures or "-", time.perf_counter() - self.start)
 
 
 def make_trainer(cfg: DictConfig, **stage) -> L.Trainer:

@@ -142,3 +142,13 @@ def test_an_interrupted_run_resumes_with_one_command(tmp_path, cache_dir):
     nowhere = subprocess.run([sys.executable, "-m", "dfkd.run", f"resume={tmp_path / 'nope'}"],
                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert nowhere.returncode == 2 and "not the folder of a dfkd run" in nowhere.stderr
+
+
+def test_teacher_training_logs_every_epoch_without_a_progress_bar(make_cfg, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="dfkd"):
+        run(make_cfg("recovery=none", "teacher.epochs=2", f"paths.cache_dir={tmp_path / 'cache'}"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher epoch")]
+    assert [line.split(":")[0] for line in lines] == ["teacher epoch 1/2", "teacher epoch 2/2"]
+    assert "train/acc" in lines[-1] and "train/loss" in lines[-1]
