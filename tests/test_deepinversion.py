@@ -25,6 +25,13 @@ def test_bn_statistics_loss_matches_hand_computation():
         assert len(hooks) == 1
         assert torch.allclose(bn_loss(hooks), expected, rtol=1e-5)
         assert torch.allclose(bn_loss(hooks, first_multiplier=3.0), 3 * expected, rtol=1e-5)
+    deep = nn.Sequential(conv, bn, nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    with bn_statistics(deep) as hooks:
+        deep(x)
+        per_layer = [h.loss for h in hooks]
+        # the mean over layers: one bn_weight fits shallow and deep teachers
+        assert torch.allclose(bn_loss(hooks), (per_layer[0] + per_layer[1]) / 2)
+        assert torch.allclose(bn_loss(hooks, first_multiplier=3.0), (3 * per_layer[0] + per_layer[1]) / 2)
     assert not bn._forward_hooks, "hooks must be removed when the context ends"
 
 
@@ -51,10 +58,12 @@ def test_dreams_match_targets_and_bn_statistics_better_than_noise(digits_teacher
     noise_images, _ = _synth(teacher, data, cls=Noise, seed=1).synthesize(100)
 
     assert images.shape == (100, 1, 8, 8) and targets.dtype == torch.long
-    assert di.stats["synthesis/target_acc"] >= 0.85         # measured: 0.94 at 100 iterations
+    # measured at 100 iterations: 0.61 with the default bn_weight 30 (0.94 with 1, whose dreams
+    # distil worse: experiments/README.md); noise: about 0.1
+    assert di.stats["synthesis/target_acc"] >= 0.5
     with torch.no_grad(), bn_statistics(teacher) as hooks:
         teacher(noise_images)
-        noise_bn = bn_loss(hooks).item() / len(hooks)
+        noise_bn = bn_loss(hooks).item()
     assert di.stats["synthesis/bn_loss"] < 0.5 * noise_bn
     low, high = data.pixel_bounds()
     assert images.min() >= low.min() - 1e-6 and images.max() <= high.max() + 1e-6

@@ -12,12 +12,16 @@ class ImageDataModule(L.LightningDataModule):
 
     Subclasses fill ``train_set`` and ``test_set`` and set ``mean``/``std`` (per channel,
     the normalization applied to every image), so that synthesizers know the valid pixel range.
+    ``hflip`` says whether a left-right mirror image is still an image of the same class
+    (photos: yes; digits, text: no): train-time augmentation and the dreams follow it.
     """
 
     def __init__(self, name: str, num_classes: int, in_channels: int, image_size: int,
-                 batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0) -> None:
+                 batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0,
+                 hflip: bool = True) -> None:
         super().__init__()
         self.name = name
+        self.hflip = bool(hflip)
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.image_size = image_size

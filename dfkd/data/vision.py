@@ -37,7 +37,8 @@ class _VisionDataModule(ImageDataModule):
         if self.image_size:
             steps.append(v2.Resize((self.image_size, self.image_size), antialias=True))
         if train and self.augment:
-            steps += [v2.RandomCrop(self.image_size, padding=4), v2.RandomHorizontalFlip()]
+            steps += [v2.RandomCrop(self.image_size, padding=4)]
+            steps += [v2.RandomHorizontalFlip()] if self.hflip else []
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
         return v2.Compose(steps)
 

@@ -79,7 +79,7 @@ class Synthesizer:
         try:
             with bn_statistics(self.teacher) as hooks:
                 probs = self.teacher(images).float().softmax(1)
-                gap = bn_loss(hooks).item() / len(hooks) if hooks else float("nan")
+                gap = bn_loss(hooks).item() if hooks else float("nan")
         finally:
             if handle is not None:
                 handle.remove()

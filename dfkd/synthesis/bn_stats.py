@@ -44,5 +44,8 @@ def bn_statistics(model: nn.Module) -> Iterator[list[BNStatsHook]]:
 
 
 def bn_loss(hooks: list[BNStatsHook], first_multiplier: float = 1.0) -> torch.Tensor:
+    """The mean over BatchNorm layers (the first one weighted ``first_multiplier``), so that one
+    ``bn_weight`` suits a 3-layer CNN and a 53-layer ResNet-50 alike. (The papers sum over layers:
+    their weight w is ``bn_weight = w * number of BN layers`` here.)"""
     losses = [h.loss for h in hooks if h.loss is not None]
-    return first_multiplier * losses[0] + sum(losses[1:])
+    return (first_multiplier * losses[0] + sum(losses[1:])) / len(losses)

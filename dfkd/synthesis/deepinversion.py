@@ -2,7 +2,7 @@
 see the statistics they were trained on, and the teacher sees the sampled target classes.
 
     loss = ce_weight * CE(teacher(x'), y)
-         + bn_weight * sum_l w_l (||mu_l(x') - running_mean_l||_2 + ||var_l(x') - running_var_l||_2)
+         + bn_weight * mean_l w_l (||mu_l(x') - running_mean_l||_2 + ||var_l(x') - running_var_l||_2)
          + tv_l1 * TV_1(x') + tv_l2 * TV_2(x') + l2 * mean_i ||x'_i||_2
          - competition_weight * JS(teacher(x') || student(x'))        (ADI, Yin et al. 2020)
 
@@ -53,7 +53,7 @@ class DeepInversion(Synthesizer):
 
     def __init__(self, teacher: nn.Module, image_shape, num_classes: int, pixel_bounds,
                  seed: int = 0, iterations: int = 200, lr: float = 0.1,
-                 betas: tuple[float, float] = (0.5, 0.9), bn_weight: float = 1.0,
+                 betas: tuple[float, float] = (0.5, 0.9), bn_weight: float = 30.0,
                  first_bn_multiplier: float = 1.0, ce_weight: float = 1.0, tv_l1: float = 0.0,
                  tv_l2: float = 1e-4, l2: float = 0.0, competition_weight: float = 0.0,
                  competition_temperature: float = 3.0, jitter: int = 1, flip: bool = True,
