@@ -102,14 +102,17 @@ def run(cfg: DictConfig) -> dict:
         loggers.finish(logger)
 
 
+RESUMED = "hydra.output_subdir=.hydra/resumed"
+
+
 def resume_argv(argv: list[str]) -> list[str]:
     """``resume=RUN_DIR [overrides]`` -> the overrides RUN_DIR was started with, then any new ones
     (e.g. a different trainer), with RUN_DIR as the run folder again. Hydra records the relaunch
     under RUN_DIR/.hydra/resumed/, so the original record stays as it was."""
     given = [a for a in argv[1:] if a.startswith("resume=")]
-    if not given or given[-1] in ("resume=null", "resume="):
-        return argv
-    folder = Path(given[-1].split("=", 1)[1]).expanduser().resolve()
+    if not given or given[-1] in ("resume=null", "resume=") or RESUMED in argv:
+        return argv  # nothing to resume, or already rewritten (DDP ranks re-run this command line)
+    folder = Path(given[-1].split("=", 1)[1].strip("'\"")).expanduser().resolve()
     recorded = folder / ".hydra" / "overrides.yaml"
     if not recorded.is_file():
         raise DfkdError(f"resume={folder} is not the folder of a dfkd run: it has no .hydra/overrides.yaml. "
@@ -119,8 +122,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     extra = [a for a in argv[1:] if not a.startswith("resume=")]
     check("-m" not in extra and "--multirun" not in extra,
           "resume= continues one run; resume each job folder of a sweep on its own.")
-    return [argv[0], *original, *extra, f"resume='{folder}'", f"hydra.run.dir='{folder}'",
-            "hydra.output_subdir=.hydra/resumed"]
+    return [argv[0], *original, *extra, f"resume='{folder}'", f"hydra.run.dir='{folder}'", RESUMED]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -119,3 +119,17 @@ def test_ddp_inside_a_local_sweep_is_refused(tmp_path):
     assert proc.returncode == 2
     assert "trainer=ddp cannot run inside a local sweep" in proc.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_resume_rewrites_the_command_line_once(tmp_path):
+    """resume=DIR becomes DIR's own overrides plus new ones; a DDP rank re-running the rewritten
+    command line gets it unchanged."""
+    from dfkd.run import resume_argv
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- pruning.ratio=0.5\n- recovery=noise_kd\n")
+    argv = resume_argv(["dfkd.run", f"resume={tmp_path}", "trainer=gpu"])
+    assert argv[1:4] == ["pruning.ratio=0.5", "recovery=noise_kd", "trainer=gpu"]
+    assert f"hydra.run.dir='{tmp_path.resolve()}'" in argv
+    assert resume_argv(argv) == argv
+    assert resume_argv(["dfkd.run", "pruning.ratio=0.5"]) == ["dfkd.run", "pruning.ratio=0.5"]
