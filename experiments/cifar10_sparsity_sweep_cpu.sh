@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 5's CIFAR-10 sweep, CPU-reduced: the cifar10_cpu_reduced settings (ResNet-18 width 16,
 # 15-epoch teacher on the JPEG copy, 300 KD steps of 128) at 50/75/90% sparsity with every
-# recovery method, seed 0 (15 runs, one cached teacher). About 30 minutes on 2 CPU cores once the
+# recovery method, seed 0 (15 runs, one cached teacher). About 40 minutes on 2 CPU cores once the
 # teacher is cached (60 more minutes otherwise).
 # Writes experiments/results/cifar10_sparsity_sweep_cpu/{results.md,accuracy-vs-sparsity.png}.
 set -euo pipefail
