@@ -119,16 +119,9 @@ def recover(cfg: DictConfig, teacher: nn.Module, student: nn.Module, data: Image
                            callbacks=callbacks, gradient_clip_val=rc.gradient_clip_val,
                            val_check_interval=rc.val_every_n_steps, check_val_every_n_epoch=None,
                            default_root_dir=str(out))
-    last = out / "checkpoints" / "last.ckpt"
-    resume_from = None
-    if cfg.get("resume"):
-        if last.is_file():
-            resume_from = str(last)
-            log.info("Resuming recovery from %s", last)
-        else:
-            log.info("No checkpoint in %s yet: recovery starts from the beginning.", last.parent)
     try:
-        trainer.fit(module, datamodule=source, ckpt_path=resume_from)
+        # resume=: Lightning finds the ModelCheckpoint's last.ckpt (and says so if there is none)
+        trainer.fit(module, datamodule=source, ckpt_path="last" if cfg.get("resume") else None)
     finally:
         if isinstance(source, SyntheticDataModule) and source.images is not None:
             # Dreams are finished work: keep them whatever happened to the KD run.

@@ -13,6 +13,8 @@ from omegaconf import DictConfig
 
 from dfkd.errors import DfkdError, build
 
+log = logging.getLogger("dfkd")
+
 # Expected and harmless here: in-memory data needs no workers; short runs log rarely.
 # The frozen teacher is in eval mode on purpose.
 for _pattern in (".*does not have many workers.*", ".*is smaller than the logging interval.*",
@@ -53,8 +55,8 @@ class EpochLog(Callback):
             return
         figures = ", ".join(f"{k} {v.item():.4g}" for k, v in sorted(trainer.callback_metrics.items())
                             if v.numel() == 1)
-        logging.getLogger("dfkd").info("%s epoch %d/%d: %s (%.0f s)", self.stage, trainer.current_epoch + 1,
-                      trainer.max_epochs, figures or "-", time.perf_counter() - self.start)
+        log.info("%s epoch %d/%d: %s (%.0f s)", self.stage, trainer.current_epoch + 1, trainer.max_epochs,
+                 figures or "-", time.perf_counter() - self.start)
 
 
 def make_trainer(cfg: DictConfig, **stage) -> L.Trainer:

@@ -186,8 +186,8 @@ def main() -> None:
     reference = rows.get("reference_2000")
     default = cfg.synthesis.synthesizer._target_.rsplit(".", 1)[-1]
     ours = [m for m in rows if not m.startswith("reference_")]
-    budget_from = "deepinversion" if "deepinversion" in rows else (ours or ["-"])[0]
-    budget = rows[budget_from]["total_seconds"] if ours else math.nan
+    budget_from = "deepinversion" if "deepinversion" in rows else next(iter(ours), None)
+    budget = rows[budget_from]["total_seconds"] if budget_from else math.nan
     summary = {"teacher_acc": teacher_acc, "pruned_acc": pruned_acc, "budget_seconds": budget,
                "default_synthesizer": default, "overrides": overrides, "methods": rows}
     lines = [f"# Synthesis benchmark: {args.name}", "",
@@ -199,12 +199,13 @@ def main() -> None:
              "time to reference_2000's final acc (s) | speed-up | "
              f"time to within {args.tolerance:g} point (s) | speed-up | acc % within budget |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    near_acc = reference["final_acc"] - args.tolerance / 100 if reference else None
+    near_ref = time_to(reference["curve"], near_acc) if reference else None
     for method, r in rows.items():
         ratio = r["images_per_second"] / reference["images_per_second"] if reference else float("nan")
         reach = time_to(r["curve"], reference["final_acc"]) if reference else None
         speedup = reference["total_seconds"] / reach if reference and reach else None
-        near = time_to(r["curve"], reference["final_acc"] - args.tolerance / 100) if reference else None
-        near_ref = time_to(reference["curve"], reference["final_acc"] - args.tolerance / 100) if reference else None
+        near = time_to(r["curve"], near_acc) if reference else None
         near_speedup = near_ref / near if near_ref and near else None
         r.update(time_to_reference=reach, speedup=speedup, time_to_near_reference=near,
                  near_speedup=near_speedup, acc_within_budget=acc_at(r["curve"], budget, pruned_acc))

@@ -51,4 +51,3 @@ def test_a_nan_loss_stops_with_advice():
     module = DistillModule(teacher, student, 10, _sgd)
     with pytest.raises(DfkdError, match=r"recovery\.optimizer\.lr.*recovery\.gradient_clip_val"):
         module.training_step((torch.randn(4, 1, 8, 8), torch.zeros(4)), 0)
-

@@ -91,7 +91,7 @@ def test_a_resumed_stream_goes_on_exactly_where_the_checkpoint_left_it(digits_te
     resumed = fast_module()
     resumed.setup("fit")            # Lightning calls setup first, then load_state_dict
     resumed.load_state_dict(state)
-    later = [next(stream) for _ in range(1)] + list(iter(run.train_dataloader()))[:3]
+    later = [next(stream), *list(iter(run.train_dataloader()))[:3]]
     again = list(iter(resumed.train_dataloader()))[:4]
     for (x, y), (x2, y2) in zip(later, again):
         assert torch.equal(y, y2) and torch.allclose(x, x2, atol=1e-6)
