@@ -7,6 +7,7 @@ in before the student is saved.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
@@ -37,6 +38,7 @@ def prune(model: nn.Module, ratio: float, method: str = "l1", scope: str = "glob
     validate(ratio, method, scope)
     layers = prunable(model)
     check(bool(layers), "The model has no conv or linear layer to prune; check the model setting.")
+    model.to(memory_format=torch.contiguous_format)  # a GPU-trained teacher may be channels_last
     if scope == "global":
         tprune.global_unstructured([(m, "weight") for _, m in layers],
                                    pruning_method=METHODS[method], amount=float(ratio))

@@ -17,7 +17,6 @@ FAST = [
     "teacher.epochs=15",
     "recovery.steps=60",
     "recovery.val_every_n_steps=30",
-    "synthesis.synthesizer.iterations=40",
     "synthesis.pool.batch_size=128",
     "synthesis.pool.size=512",
     "synthesis.pool.initial_batches=2",

@@ -8,7 +8,8 @@ pytestmark = pytest.mark.slow
 
 TINY = ["data=image_folder", "data.num_classes=3", "data.image_size=32", "data.batch_size=6",
         "data.num_workers=0", "teacher.epochs=1", "pruning.ratio=0.8", "recovery.steps=2",
-        "recovery.batch_size=4", "recovery.val_every_n_steps=2", "synthesis.synthesizer.iterations=2",
+        "recovery.batch_size=4", "recovery.val_every_n_steps=2", "synthesis.synthesizer.warmup_steps=2",
+        "synthesis.synthesizer.g_steps=1",
         "synthesis.pool.batch_size=6", "synthesis.pool.size=12", "synthesis.pool.initial_batches=1",
         "synthesis.pool.refresh_every=1"]
 

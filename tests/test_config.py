@@ -61,7 +61,7 @@ def test_bad_settings_stop_before_any_work(make_cfg, tmp_path, override, setting
     assert _no_work_done(tmp_path / "cache", tmp_path)
 
 
-def test_teacher_without_batchnorm_is_refused_for_deepinversion(make_cfg, tmp_path):
+def test_teacher_without_batchnorm_is_refused_for_dreaming(make_cfg, tmp_path):
     cfg = make_cfg("model.batch_norm=false", f"paths.cache_dir={tmp_path / 'cache'}")
     with pytest.raises(DfkdError, match="BatchNorm") as err:
         run(cfg)

@@ -20,7 +20,8 @@ def test_ddp_on_two_cpu_processes_dreams_different_images_per_rank(tmp_path):
         [sys.executable, "-m", "dfkd.run", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
          "trainer.precision=32-true", "logger=none", "trainer.enable_progress_bar=false",
          "teacher.epochs=2", "recovery.steps=4", "recovery.val_every_n_steps=2",
-         "synthesis.synthesizer.iterations=3", "synthesis.pool.batch_size=32",
+         "synthesis.synthesizer.warmup_steps=3", "synthesis.synthesizer.g_steps=1",
+         "synthesis.pool.batch_size=32",
          "synthesis.pool.initial_batches=1", "synthesis.pool.refresh_every=2",
          f"hydra.run.dir={run_dir}"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)

@@ -30,7 +30,7 @@ def test_data_free_recovery_restores_accuracy_and_keeps_sparsity(make_cfg, tmp_p
     assert results["recovered"]["sparsity"] >= 0.9 - 1e-3
 
     on_disk = json.loads((tmp_path / "results.json").read_text())
-    assert on_disk["recovered"]["acc"] == recovered and on_disk["config"]["synthesis"] == "DeepInversion"
+    assert on_disk["recovered"]["acc"] == recovered and on_disk["config"]["synthesis"] == "FastSynthesizer"
     assert set(on_disk["times"]) >= {"teacher", "prune", "recover", "evaluate", "total"}
     assert on_disk["synthesis"]["synthesized_images"] > 0
     state = torch.load(tmp_path / "student.pt", weights_only=True)

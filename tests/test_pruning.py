@@ -31,6 +31,14 @@ def test_global_l1_removes_the_smallest_weights():
     assert torch.all(kept[original.abs() > threshold] != 0)
 
 
+def test_a_channels_last_teacher_prunes_like_a_contiguous_one():
+    """A teacher trained on a GPU (trainer=gpu) has channels_last weights."""
+    model = pruning.prune(_model().to(memory_format=torch.channels_last), 0.7)
+    reference = pruning.prune(_model(), 0.7)
+    for (_, m), (_, r) in zip(pruning.prunable(model), pruning.prunable(reference)):
+        assert torch.equal(m.weight_mask, r.weight_mask)
+
+
 def test_layer_scope_prunes_every_layer_to_the_ratio():
     report = pruning.sparsity(pruning.prune(_model(), 0.8, scope="layer"))
     for name, fraction in report["layers"].items():

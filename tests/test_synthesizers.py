@@ -92,9 +92,9 @@ def test_fast_makes_a_new_batch_in_g_steps(digits_teacher):
     calls = []
     handle = teacher.register_forward_hook(lambda *args: calls.append(1))
     try:
-        fast.synthesize(32)
+        fast.synthesize(64)
         first = len(calls)
-        fast.synthesize(32)
+        fast.synthesize(64)
         second = len(calls) - first
     finally:
         handle.remove()
@@ -103,9 +103,9 @@ def test_fast_makes_a_new_batch_in_g_steps(digits_teacher):
     assert fast.stats["synthesis/g_steps"] == 3
     # the meta-learned generator carries over: 3 steps from it beat 3 steps from scratch
     scratch = _make(teacher, data, "fast", warmup_steps=3, g_steps=3, bn_weight=3.0)
-    scratch.synthesize(32)
-    # measured: 0.58 against 0.09 (128 images, 5 steps); here 32 images, 3 steps
-    assert fast.stats["synthesis/target_acc"] > scratch.stats["synthesis/target_acc"] + 0.2
+    scratch.synthesize(64)
+    # measured (64 images): 0.44 against 0.22 at this seed; 0.47/0.23 and 0.41/0.28 at seeds 4, 5
+    assert fast.stats["synthesis/target_acc"] > scratch.stats["synthesis/target_acc"] + 0.1
 
 
 def test_quality_signals_are_reported(digits_teacher):
