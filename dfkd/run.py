@@ -132,6 +132,11 @@ def main(cfg: DictConfig) -> float | None:
     except DfkdError as err:
         print(f"\ndfkd: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    if torch.distributed.is_initialized():
+        # Lightning leaves DDP's process group open; left to interpreter shutdown, gloo's threads
+        # can abort the finished run (SIGABRT, "terminate called without an active exception").
+        # Only on success: after a failure the other ranks may never join the teardown.
+        torch.distributed.destroy_process_group()
     if rank_zero_only.rank == 0:
         print(report.table(results), flush=True)  # last, after the logger's own closing lines
     return results["recovered"]["acc"]  # what a Hydra sweeper would optimize
