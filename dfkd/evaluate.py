@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
+from dfkd.data import ImageDataModule
 
-def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
-             teacher: nn.Module | None = None) -> dict[str, float]:
-    """Top-1 accuracy of ``model`` and, with a teacher, how often their top-1 classes agree.
-    Moves the models to ``device``."""
+
+def evaluate(model: nn.Module, data: ImageDataModule, device: torch.device,
+             teacher: nn.Module | None = None, channels_last: bool = False) -> dict[str, float]:
+    """Top-1 accuracy of ``model`` on the test split of ``data`` and, with a teacher, how often
+    their top-1 classes agree. Moves the models to ``device`` (and to channels_last memory)."""
     was_training = model.training
-    # moved outside inference mode: weights copied to a GPU inside it could never be trained again
-    model.eval().to(device)
+    # Moved outside inference mode: weights copied or converted inside it would be inference
+    # tensors, which could never be trained again.
+    fmt = torch.channels_last if channels_last else torch.preserve_format
+    model.eval().to(device, memory_format=fmt)
     if teacher is not None:
-        teacher.to(device)
-    accuracy = MulticlassAccuracy(num_classes, average="micro").to(device)
-    agreement = MulticlassAccuracy(num_classes, average="micro").to(device)
+        teacher.to(device, memory_format=fmt)
+    accuracy = MulticlassAccuracy(data.num_classes, average="micro").to(device)
+    agreement = MulticlassAccuracy(data.num_classes, average="micro").to(device)
     with torch.inference_mode():
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
+        for x, y in data.test_dataloader():
+            x, y = data.model_input(x.to(device)), y.to(device)
             logits = model(x)
             accuracy.update(logits, y)
             if teacher is not None:

@@ -30,21 +30,34 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                     reduction="batchmean", log_target=True) * t * t
 
 
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear from 1/warmup to 1 over ``warmup`` steps, then a cosine
+    from 1 to 0 at step ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(step - warmup, total - warmup) / max(total - warmup, 1)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class _Trained(L.LightningModule):
     """Shared parts: the trained network ``net``, accuracy on the real test split, the optimizer
-    with a per-step cosine schedule over the whole run."""
+    with a per-step schedule over the whole run (an optional linear warm-up over
+    ``warmup_fraction`` of the steps, then a cosine to zero). ``channels_last``: the networks
+    work in NHWC memory (what tensor cores prefer)."""
 
-    def __init__(self, net: nn.Module, num_classes: int, optimizer: OptimizerFactory) -> None:
+    def __init__(self, net: nn.Module, num_classes: int, optimizer: OptimizerFactory,
+                 warmup_fraction: float = 0.0, channels_last: bool = False) -> None:
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer
+        self.warmup_fraction, self.channels_last = float(warmup_fraction), bool(channels_last)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def on_fit_start(self) -> None:
-        if self.device.type == "cuda":  # tensor cores prefer NHWC convolutions
+        if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
     def check_finite(self, loss: torch.Tensor, setting: str) -> None:
@@ -62,8 +75,8 @@ class _Trained(L.LightningModule):
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(p for p in self.net.parameters() if p.requires_grad)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        warmup = int(self.warmup_fraction * total)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
@@ -71,8 +84,8 @@ class ClassifierModule(_Trained):
     """Cross-entropy on real labels: trains a teacher, or fine-tunes a pruned student."""
 
     def __init__(self, net: nn.Module, num_classes: int, optimizer: OptimizerFactory,
-                 label_smoothing: float = 0.0, config_group: str = "teacher") -> None:
-        super().__init__(net, num_classes, optimizer)
+                 label_smoothing: float = 0.0, config_group: str = "teacher", **schedule) -> None:
+        super().__init__(net, num_classes, optimizer, **schedule)
         self.save_hyperparameters(ignore=["net", "optimizer"])
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
 
@@ -91,8 +104,9 @@ class DistillModule(_Trained):
     teacher's labels. The batch's own labels are never used: the transfer set may be dreams."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, num_classes: int,
-                 optimizer: OptimizerFactory, temperature: float = 4.0, ce_weight: float = 0.0) -> None:
-        super().__init__(student, num_classes, optimizer)
+                 optimizer: OptimizerFactory, temperature: float = 4.0, ce_weight: float = 0.0,
+                 **schedule) -> None:
+        super().__init__(student, num_classes, optimizer, **schedule)
         self.save_hyperparameters(ignore=["teacher", "student", "optimizer"])
         self.teacher = freeze(teacher)
         self.agreement = MulticlassAccuracy(num_classes, average="micro")

@@ -92,11 +92,12 @@ def recover(cfg: DictConfig, teacher: nn.Module, student: nn.Module, data: Image
         return {}
     out = Path(cfg.paths.output_dir)
     optimizer = build(rc.optimizer, "recovery.optimizer")
+    schedule = {"warmup_fraction": rc.get("warmup_fraction", 0.0), "channels_last": cfg.trainer.channels_last}
     if rc.method == "finetune":
-        module = ClassifierModule(student, data.num_classes, optimizer, config_group="recovery")
+        module = ClassifierModule(student, data.num_classes, optimizer, config_group="recovery", **schedule)
     else:
         module = DistillModule(teacher, student, data.num_classes, optimizer,
-                               temperature=rc.temperature, ce_weight=rc.ce_weight)
+                               temperature=rc.temperature, ce_weight=rc.ce_weight, **schedule)
     callbacks: list[Callback] = [ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
                                                  every_n_train_steps=rc.val_every_n_steps)]
     if rc.method in SYNTHETIC:
@@ -108,12 +109,10 @@ def recover(cfg: DictConfig, teacher: nn.Module, student: nn.Module, data: Image
         synthesizer.student = student  # for terms that look at student-teacher disagreement (ADI)
         source = SyntheticDataModule(synthesizer, kd_batch_size=rc.batch_size,
                                      steps_per_epoch=rc.val_every_n_steps, seed=cfg.seed,
-                                     val_dataloader=data.test_dataloader, **sc.pool)
+                                     real=data, **sc.pool)
         callbacks.append(SynthesisMonitor(data, out / "synthetic", sc.image_grid_every_n_steps))
     else:
-        source = L.LightningDataModule.from_datasets(
-            train_dataset=data.train_set, val_dataset=data.test_set, batch_size=rc.batch_size,
-            num_workers=data.num_workers)
+        source = data.with_batch_size(rc.batch_size)
         log.info("recovery=%s uses the real train split.", rc.method)
     trainer = make_trainer(cfg.trainer, max_steps=rc.steps, max_epochs=-1, logger=logger or False,
                            callbacks=callbacks, gradient_clip_val=rc.gradient_clip_val,

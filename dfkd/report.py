@@ -46,7 +46,11 @@ def table(results: dict) -> str:
     lines.append(f"wall time: {times}")
     syn = results.get("synthesis") or {}
     if syn.get("synthesized_images"):
-        lines.append(f"synthesis: {syn['synthesized_images']} images in {syn['synthesis_seconds']:.1f} s")
+        line = f"synthesis: {syn['synthesized_images']} images in {syn['synthesis_seconds']:.1f} s"
+        if "target_acc" in syn:
+            line += (f"; the teacher agrees with {100 * syn['target_acc']:.1f}% of their target classes, "
+                     f"class balance {syn['class_balance']:.2f}, BN gap {syn['bn_loss']:.2f}")
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -66,10 +66,10 @@ def run(cfg: DictConfig) -> dict:
         with times("prune"):
             student = pruning.prune(copy.deepcopy(teacher).requires_grad_(True).train(),
                                     cfg.pruning.ratio, cfg.pruning.method, cfg.pruning.scope)
+        nhwc = cfg.trainer.channels_last
         with times("evaluate"):
-            test = data.test_dataloader()
-            results = {"teacher": {**evaluate(teacher, test, data.num_classes, device), **teacher_info},
-                       "pruned": {**evaluate(student, test, data.num_classes, device, teacher),
+            results = {"teacher": {**evaluate(teacher, data, device, channels_last=nhwc), **teacher_info},
+                       "pruned": {**evaluate(student, data, device, teacher, channels_last=nhwc),
                                   "sparsity": pruning.sparsity(student)["overall"]}}
         log.info("teacher %.2f%%, pruned %.2f%%", 100 * results["teacher"]["acc"],
                  100 * results["pruned"]["acc"])
@@ -78,7 +78,7 @@ def run(cfg: DictConfig) -> dict:
         student = pruning.make_permanent(student.cpu())
         with times("evaluate"):
             kept = pruning.check_kept(student, cfg.pruning.ratio)
-            results["recovered"] = {**evaluate(student, test, data.num_classes, device, teacher),
+            results["recovered"] = {**evaluate(student, data, device, teacher, channels_last=nhwc),
                                     "sparsity": kept}
         results.update(
             config={"model": cfg.model.name, "data": cfg.data.name,

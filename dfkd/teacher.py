@@ -88,14 +88,18 @@ def train_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule) -> n
              "stage of a data-free run that touches training data.", len(data.train_set),
              cfg.teacher.epochs)
     L.seed_everything(cfg.teacher.seed, workers=True, verbose=False)
-    module = ClassifierModule(model, data.num_classes, build(cfg.teacher.optimizer, "teacher.optimizer"),
-                              label_smoothing=cfg.teacher.label_smoothing)
+    tc = cfg.teacher
+    module = ClassifierModule(model, data.num_classes, build(tc.optimizer, "teacher.optimizer"),
+                              label_smoothing=tc.label_smoothing, warmup_fraction=tc.warmup_fraction,
+                              channels_last=cfg.trainer.channels_last)
     quiet = not cfg.trainer.get("enable_progress_bar", True)
-    trainer = make_trainer(cfg.trainer, max_epochs=cfg.teacher.epochs, logger=False,
+    curve = tc.get("val_every_n_epochs")  # a test-split curve in the log; nothing is selected on it
+    trainer = make_trainer(cfg.trainer, max_epochs=tc.epochs, logger=False,
                            callbacks=[EpochLog("teacher")] if quiet else [],
                            enable_checkpointing=False, default_root_dir=cfg.paths.output_dir,
-                           gradient_clip_val=cfg.teacher.gradient_clip_val)
-    trainer.fit(module, train_dataloaders=data.train_dataloader())
+                           gradient_clip_val=tc.gradient_clip_val, num_sanity_val_steps=0,
+                           check_val_every_n_epoch=curve or 1, limit_val_batches=1.0 if curve else 0)
+    trainer.fit(module, datamodule=data)
     return model
 
 

@@ -9,7 +9,7 @@ import warnings
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dfkd.errors import DfkdError, build
 
@@ -59,10 +59,14 @@ class EpochLog(Callback):
                  figures or "-", time.perf_counter() - self.start)
 
 
+# conf/trainer settings that are dfkd's, not the Lightning Trainer's
+OWN_SETTINGS = ("channels_last",)
+
+
 def make_trainer(cfg: DictConfig, **stage) -> L.Trainer:
     """``cfg`` is conf/trainer; ``stage`` sets what differs between teacher training and
     recovery (max_steps, logger, callbacks, ...)."""
-    return build(cfg, "trainer", **stage)
+    return build(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in OWN_SETTINGS]), "trainer", **stage)
 
 
 def device_of(cfg: DictConfig) -> torch.device:

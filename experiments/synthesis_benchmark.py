@@ -90,8 +90,7 @@ class Curve(Callback):
             return
         t0 = time.perf_counter()
         elapsed = t0 - self.start - self.paused  # synthesis + KD so far, evaluations excluded
-        acc = evaluate(pl_module.net, self.data.test_dataloader(), self.data.num_classes,
-                       pl_module.device)["acc"]
+        acc = evaluate(pl_module.net, self.data, pl_module.device)["acc"]
         self.paused += time.perf_counter() - t0
         self.points.append((step, self.offset + elapsed, acc))
 
@@ -146,8 +145,8 @@ def main() -> None:
     L.seed_everything(cfg.seed, verbose=False)
     student = pruning.prune(copy.deepcopy(teacher).requires_grad_(True).train(), cfg.pruning.ratio)
     device = device_of(cfg.trainer)
-    teacher_acc = evaluate(teacher, data.test_dataloader(), data.num_classes, device)["acc"]
-    pruned_acc = evaluate(student, data.test_dataloader(), data.num_classes, device)["acc"]
+    teacher_acc = evaluate(teacher, data, device)["acc"]
+    pruned_acc = evaluate(student, data, device)["acc"]
     low, high = data.pixel_bounds()
     pool = dict(cfg.synthesis.pool)
     rows, targets_of = {}, {}

@@ -18,9 +18,15 @@ def test_bn_statistics_loss_matches_hand_computation():
     n = feats.shape[0] * feats.shape[2] * feats.shape[3]
     mean = feats.sum(dim=(0, 2, 3)) / n
     var = ((feats - mean.view(1, 3, 1, 1)) ** 2).sum(dim=(0, 2, 3)) / n  # biased, as BN uses
-    expected = ((mean - bn.running_mean) ** 2).sum().sqrt() + ((var - bn.running_var) ** 2).sum().sqrt()
+    papers = ((mean - bn.running_mean) ** 2).sum().sqrt() + ((var - bn.running_var) ** 2).sum().sqrt()
+    scale = bn.running_var + bn.eps
+    expected = (((mean - bn.running_mean) ** 2 / scale).mean().sqrt()
+                + ((var - bn.running_var) ** 2 / scale ** 2).mean().sqrt())
+    with bn_statistics(model, "l2") as hooks:
+        model(x)
+        assert torch.allclose(bn_loss(hooks), papers, rtol=1e-5)
 
-    with bn_statistics(model) as hooks:
+    with bn_statistics(model) as hooks:  # normalized: per channel, in units of the running statistics
         model(x)
         assert len(hooks) == 1
         assert torch.allclose(bn_loss(hooks), expected, rtol=1e-5)
@@ -33,6 +39,25 @@ def test_bn_statistics_loss_matches_hand_computation():
         assert torch.allclose(bn_loss(hooks), (per_layer[0] + per_layer[1]) / 2)
         assert torch.allclose(bn_loss(hooks, first_multiplier=3.0), (3 * per_layer[0] + per_layer[1]) / 2)
     assert not bn._forward_hooks, "hooks must be removed when the context ends"
+
+
+def test_normalized_bn_distance_does_not_grow_with_width_or_scale():
+    """One bn_weight must mean the same on every network: the normalized distance of a layer
+    whose inputs are off by the same amount in every channel is the same for 8 or 2,048 channels
+    and for activations of any scale; the papers' L2 distance grows with both."""
+    def gap(channels, scale, distance):
+        bn = nn.BatchNorm2d(channels).eval()
+        bn.running_var.fill_(scale ** 2)
+        x = scale * (torch.randn(64, channels, 4, 4) * 2 + 1)  # mean off by 1 std, variance x4
+        with bn_statistics(bn, distance) as hooks:
+            bn(x)
+            return hooks[0].loss.item()
+
+    torch.manual_seed(0)
+    small, wide, scaled = gap(8, 1.0, "normalized"), gap(2048, 1.0, "normalized"), gap(8, 10.0, "normalized")
+    assert abs(small - 4.0) < 0.3 and abs(wide - 4.0) < 0.1 and abs(scaled - small) < 0.3
+    assert gap(2048, 1.0, "l2") > 10 * gap(8, 1.0, "l2")
+    assert gap(8, 10.0, "l2") > 50 * gap(8, 1.0, "l2")
 
 
 def test_hooks_are_removed_even_after_an_error():

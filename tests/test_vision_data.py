@@ -6,20 +6,73 @@ import torch
 from torchvision import datasets
 
 from dfkd.data import CIFARDataModule, ImageFolderDataModule
+from dfkd.data.base import random_crop_flip
 from dfkd.errors import DfkdError
 
 
-def test_image_folder_reads_a_tree(image_tree):
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_image_folder_reads_a_tree(image_tree, in_memory):
     dm = ImageFolderDataModule(root=str(image_tree), num_classes=3, image_size=16, batch_size=4,
-                               eval_batch_size=6)
+                               eval_batch_size=6, in_memory=in_memory)
     dm.setup()
     assert len(dm.train_set) == 18 and len(dm.test_set) == 6
     x, y = next(iter(dm.test_dataloader()))
-    assert x.shape == (6, 3, 16, 16) and x.dtype == torch.float32 and y.tolist() == [0, 0, 1, 1, 2, 2]
+    assert x.shape == (6, 3, 16, 16) and x.dtype == torch.uint8 and y.tolist() == [0, 0, 1, 1, 2, 2]
+    x = dm.model_input(x)  # what the model sees: scaled and normalized
+    assert x.dtype == torch.float32
     low, high = dm.pixel_bounds()
     assert x.min() >= low.min() - 1e-5 and x.max() <= high.max() + 1e-5
+    # each class's dominant colour survives decoding (class k is brightest in channel k)
+    assert x.mean((2, 3)).argmax(1).tolist() == y.tolist()
     x, _ = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 16, 16)
+
+
+def test_image_folder_resizes_to_image_size_and_takes_a_fixed_subset(image_tree):
+    dm = ImageFolderDataModule(root=str(image_tree), num_classes=3, image_size=8, train_subset=9)
+    dm.setup()
+    assert len(dm.train_set) == 9 and dm.train_set[0][0].shape == (3, 8, 8)
+    assert sorted({int(dm.train_set[i][1]) for i in range(9)}) == [0, 1, 2]
+
+
+def test_a_corrupt_image_is_named(tmp_path):
+    from conftest import write_image_tree
+
+    root = write_image_tree(tmp_path / "tree")
+    (root / "train" / "class_1" / "broken.png").write_bytes(b"not an image")
+    dm = ImageFolderDataModule(root=str(root), num_classes=3, image_size=16)
+    dm.setup()
+    with pytest.raises(DfkdError, match=r"broken\.png could not be read as an image"):
+        dm.train_set
+
+
+def test_train_augmentation_crops_and_flips_on_the_batch_device():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(x, padding=2, flip=True)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    moved = flipped = 0
+    for image, result in zip(padded, out):
+        # every output is one 8x8 window of the padded image, mirrored or not
+        windows = [(dy, dx, m) for dy in range(5) for dx in range(5) for m in (False, True)
+                   if torch.equal(result, (lambda w: w.flip(2) if m else w)(image[:, dy:dy + 8, dx:dx + 8]))]
+        assert windows, "not a crop of the padded image"
+        moved += all((dy, dx) != (2, 2) for dy, dx, _ in windows)
+        flipped += all(m for _, _, m in windows)
+    assert moved > 32 and 16 < flipped < 48  # offsets and mirrors vary per image
+    no_flip = random_crop_flip(x, padding=0, flip=False)
+    assert torch.equal(no_flip, x)
+
+
+def test_model_input_augments_only_for_training(image_tree):
+    dm = ImageFolderDataModule(root=str(image_tree), num_classes=3, image_size=16)
+    dm.setup()
+    x, _ = next(iter(dm.test_dataloader()))
+    assert torch.equal(dm.model_input(x), dm.model_input(x))  # evaluation: no randomness
+    torch.manual_seed(0)
+    assert not torch.equal(dm.model_input(x, train=True), dm.model_input(x))
+    dm.augment = False
+    assert torch.equal(dm.model_input(x, train=True), dm.model_input(x))
 
 
 def test_image_folder_refuses_a_wrong_class_count(image_tree):
@@ -60,5 +113,5 @@ def test_cifar_reader_on_a_tiny_copy(tmp_path, monkeypatch):
     dm.setup()
     assert len(dm.train_set) == 50 and len(dm.test_set) == 20
     x, y = next(iter(dm.test_dataloader()))
-    assert x.shape == (20, 3, 32, 32) and sorted(set(y.tolist())) == list(range(10))
+    assert x.shape == (20, 3, 32, 32) and x.dtype == torch.uint8 and sorted(set(y.tolist())) == list(range(10))
     assert dm.mean == (0.4914, 0.4822, 0.4465)

@@ -1,27 +1,57 @@
-"""What every real data set gives the pipeline: loaders, shape, classes and pixel range."""
+"""What every real data set gives the pipeline: loaders, shape, classes and pixel range.
+
+Images are stored as they are read (uint8 pixels, for photos) and become the model's input on
+the device the batch lands on: train-time augmentation (random crop, flip) and normalization run
+there, batched, in ``on_after_batch_transfer``. A GPU run so spends no CPU time per image.
+"""
 
 from __future__ import annotations
 
+import copy
+
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
+    """Per image: a random ``H x W`` crop of the zero-padded image (``padding`` pixels each side)
+    and, with ``flip``, a left-right mirror with probability 1/2. Batched, on ``x``'s device."""
+    n, c, h, w = x.shape
+    if padding > 0:
+        padded = F.pad(x, (padding,) * 4)
+        offsets = torch.randint(0, 2 * padding + 1, (2, n, 1, 1), device=x.device)
+        rows = offsets[0] + torch.arange(h, device=x.device).view(1, h, 1)
+        cols = offsets[1] + torch.arange(w, device=x.device).view(1, 1, w)
+        index = (rows * (w + 2 * padding) + cols).view(n, 1, h * w).expand(n, c, h * w)
+        x = padded.flatten(2).gather(2, index).view(n, c, h, w)
+    if flip:
+        mirror = torch.rand(n, device=x.device) < 0.5
+        x = torch.where(mirror.view(n, 1, 1, 1), x.flip(3), x)
+    return x
 
 
 class ImageDataModule(L.LightningDataModule):
     """A labelled image data set with a train and a test split.
 
-    Subclasses fill ``train_set`` and ``test_set`` and set ``mean``/``std`` (per channel,
-    the normalization applied to every image), so that synthesizers know the valid pixel range.
+    Subclasses fill ``train_set`` and ``test_set`` with (image, label) pairs, images either uint8
+    pixels (C, H, W) or tensors already normalized, and set ``mean``/``std`` (per channel, the
+    normalization applied to every image), so that synthesizers know the valid pixel range.
     ``hflip`` says whether a left-right mirror image is still an image of the same class
     (photos: yes; digits, text: no): train-time augmentation and the dreams follow it.
     """
 
+    train_set: Dataset | None = None  # filled by setup()
+    test_set: Dataset | None = None
+
     def __init__(self, name: str, num_classes: int, in_channels: int, image_size: int,
                  batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0,
-                 hflip: bool = True) -> None:
+                 hflip: bool = True, augment: bool = False, crop_padding: int = 4) -> None:
         super().__init__()
         self.name = name
         self.hflip = bool(hflip)
+        self.augment, self.crop_padding = bool(augment), int(crop_padding)
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.image_size = image_size
@@ -30,16 +60,15 @@ class ImageDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.mean: tuple[float, ...] = (0.0,) * in_channels
         self.std: tuple[float, ...] = (1.0,) * in_channels
-        self.train_set: Dataset | None = None
-        self.test_set: Dataset | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.image_size, self.image_size)
 
-    def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _stats(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         shape = (self.in_channels, 1, 1)
-        return torch.tensor(self.mean).view(shape), torch.tensor(self.std).view(shape)
+        return (torch.tensor(self.mean, device=device).view(shape),
+                torch.tensor(self.std, device=device).view(shape))
 
     def pixel_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalized values of pixel intensities 0 and 1, shape (C, 1, 1)."""
@@ -49,7 +78,28 @@ class ImageDataModule(L.LightningDataModule):
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
         """Back to [0, 1] pixel intensities, for image grids."""
         mean, std = self._stats()
-        return (images.detach().cpu() * std + mean).clamp(0, 1)
+        return (images.detach().cpu().float() * std + mean).clamp(0, 1)
+
+    def model_input(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """Stored images -> what the model sees, on the images' device: uint8 pixels scaled to
+        [0, 1] and normalized, after (``train``, if ``augment``) a random crop and flip."""
+        if images.dtype != torch.uint8:
+            return images  # stored already normalized (digits)
+        if train and self.augment:
+            images = random_crop_flip(images, self.crop_padding, self.hflip)
+        mean, std = self._stats(images.device)
+        return (images.float() / 255 - mean) / std
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.model_input(images, train=training), labels
+
+    def with_batch_size(self, batch_size: int) -> ImageDataModule:
+        """The same data (shared, not copied) served in batches of ``batch_size``."""
+        other = copy.copy(self)
+        other.batch_size = int(batch_size)
+        return other
 
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:

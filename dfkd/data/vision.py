@@ -1,53 +1,64 @@
 """Image data sets read by torchvision: CIFAR-10/100 in their standard folders, and any
-ImageFolder tree (train/ and test/, one sub-folder per class), such as the JPEG copy of CIFAR-10."""
+ImageFolder tree (train/ and test/, one sub-folder per class), such as the JPEG copy of CIFAR-10.
+
+Both keep their images in memory as one uint8 tensor per split (CIFAR-10's train split: 150 MB),
+decoded once, so an epoch costs no decoding and no per-image transforms; ``in_memory: false``
+decodes an ImageFolder tree image by image instead (for trees too large for memory).
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import Subset
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import datasets
-from torchvision.transforms import v2
+from torchvision.io import ImageReadMode, decode_image, read_file
 
 from dfkd.data.base import ImageDataModule
 from dfkd.errors import DfkdError, check
+
+log = logging.getLogger(__name__)
 
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
 
 
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, C, size, size), antialiased; unchanged if already so."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
+                        align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
 class _VisionDataModule(ImageDataModule):
     """Shared: normalization, the usual train-time augmentation (random crop with 4-pixel
-    padding, horizontal flip), an optional train subset for reduced runs."""
+    padding, horizontal flip, on the batch's device), an optional train subset for reduced runs."""
 
     def __init__(self, name: str, root: str, num_classes: int, in_channels: int = 3,
                  image_size: int = 32, mean: tuple[float, ...] | None = None,
                  std: tuple[float, ...] | None = None, augment: bool = True,
                  train_subset: int | None = None, **kwargs) -> None:
-        super().__init__(name, num_classes, in_channels, image_size, **kwargs)
+        super().__init__(name, num_classes, in_channels, image_size, augment=augment, **kwargs)
         self.root = Path(root).expanduser()
         default_mean, default_std = CIFAR_STATS.get(name, ((0.5,) * in_channels, (0.5,) * in_channels))
         self.mean = tuple(mean) if mean is not None else default_mean
         self.std = tuple(std) if std is not None else default_std
-        self.augment, self.train_subset = augment, train_subset
+        self.train_subset = train_subset
 
-    def transform(self, train: bool) -> v2.Compose:
-        steps = [v2.ToImage()]
-        if self.image_size:
-            steps.append(v2.Resize((self.image_size, self.image_size), antialias=True))
-        if train and self.augment:
-            steps += [v2.RandomCrop(self.image_size, padding=4)]
-            steps += [v2.RandomHorizontalFlip()] if self.hflip else []
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
-        return v2.Compose(steps)
+    def _subset(self, size: int) -> list[int] | None:
+        """The train subset's indices: a fixed, class-mixed choice (every k-th image), the same
+        for every run; None for the whole split."""
+        if not self.train_subset or self.train_subset >= size:
+            return None
+        step = size / self.train_subset
+        return [int(i * step) for i in range(self.train_subset)]
 
-    def _subset(self, dataset):
-        if self.train_subset and self.train_subset < len(dataset):
-            # a fixed, class-mixed subset (every k-th image), the same for every run
-            step = len(dataset) / self.train_subset
-            return Subset(dataset, [int(i * step) for i in range(self.train_subset)])
-        return dataset
 
     def _check_classes(self, found: int) -> None:
         check(found == self.num_classes,
@@ -68,9 +79,8 @@ class CIFARDataModule(_VisionDataModule):
         if self.train_set is not None:
             return
         try:
-            train = self._dataset(str(self.root), train=True, transform=self.transform(True),
-                                  download=self.download)
-            test = self._dataset(str(self.root), train=False, transform=self.transform(False))
+            train = self._dataset(str(self.root), train=True, download=self.download)
+            test = self._dataset(str(self.root), train=False)
         except RuntimeError as err:
             folder = self._dataset.base_folder
             raise DfkdError(
@@ -80,19 +90,58 @@ class CIFARDataModule(_VisionDataModule):
                 f"for an ImageFolder tree (train/ and test/ with a folder per class) use "
                 f"data=image_folder data.root=PATH.") from err
         self._check_classes(len(train.classes))
-        self.train_set, self.test_set = self._subset(train), test
+
+        def in_memory(split, keep: list[int] | None) -> TensorDataset:
+            images = torch.from_numpy(split.data).permute(0, 3, 1, 2)  # NHWC -> NCHW
+            labels = torch.tensor(split.targets, dtype=torch.long)
+            if keep is not None:
+                images, labels = images[keep], labels[keep]
+            return TensorDataset(resize(images.contiguous(), self.image_size), labels)
+
+        self.train_set = in_memory(train, self._subset(len(train)))
+        self.test_set = in_memory(test, None)
+
+
+class _DecodedFolder(Dataset):
+    """ImageFolder's (path, label) list, decoded to uint8 (C, H, W) tensors of one size."""
+
+    def __init__(self, folder: datasets.ImageFolder, channels: int, size: int) -> None:
+        self.samples, self.size = folder.samples, size
+        self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        try:
+            image = decode_image(read_file(path), mode=self.mode)
+        except (RuntimeError, ValueError) as err:
+            raise DfkdError(f"{path} could not be read as an image ({err}). Remove or replace it "
+                            f"(data.root holds the tree).") from err
+        return resize(image.unsqueeze(0), self.size)[0], label
+
+    def decode(self, indices: list[int] | None = None) -> TensorDataset:
+        """Every image (or those at ``indices``) as one uint8 tensor, with the labels."""
+        indices = range(len(self)) if indices is None else indices
+        images = torch.stack([self[i][0] for i in indices])
+        return TensorDataset(images, torch.tensor([self.samples[i][1] for i in indices], dtype=torch.long))
 
 
 class ImageFolderDataModule(_VisionDataModule):
-    """``root``/train/<class>/*.jpg and ``root``/test/<class>/*.jpg (torchvision ImageFolder)."""
+    """``root``/train/<class>/*.jpg and ``root``/test/<class>/*.jpg (torchvision ImageFolder).
+    ``in_memory``: decode each split once, when it is first used (a run with a cached teacher
+    never decodes the train split)."""
 
     def __init__(self, name: str = "image_folder", root: str = "data/images", train_dir: str = "train",
-                 test_dir: str = "test", **kwargs) -> None:
+                 test_dir: str = "test", in_memory: bool = True, **kwargs) -> None:
         super().__init__(name, root, **kwargs)
-        self.train_dir, self.test_dir = train_dir, test_dir
+        self.train_dir, self.test_dir, self.in_memory = train_dir, test_dir, bool(in_memory)
+        self._folders: dict[str, _DecodedFolder] = {}
+        self._decoded: dict[str, Dataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
+        if self._folders:
             return
         folders = {split: self.root / d for split, d in (("train", self.train_dir), ("test", self.test_dir))}
         missing = [str(f) for f in folders.values() if not f.is_dir()]
@@ -103,12 +152,36 @@ class ImageFolderDataModule(_VisionDataModule):
               f"data.test_dir). The JPEG copy of CIFAR-10 unpacks to such a tree: "
               f"tar xzf cifar10-jpg.tar.gz -C .data/ && python -m dfkd.run data=cifar10_jpg")
         try:
-            train = datasets.ImageFolder(str(folders["train"]), transform=self.transform(True))
-            test = datasets.ImageFolder(str(folders["test"]), transform=self.transform(False))
+            found = {split: datasets.ImageFolder(str(f), loader=str) for split, f in folders.items()}
         except (FileNotFoundError, RuntimeError) as err:
             raise DfkdError(f"data.root={self.root}: {err}. Each class folder must hold images.") from err
-        check(train.classes == test.classes,
+        check(found["train"].classes == found["test"].classes,
               f"data.root={self.root}: the train and test folders hold different classes "
-              f"({len(train.classes)} vs {len(test.classes)}); both need the same class folders.")
-        self._check_classes(len(train.classes))
-        self.train_set, self.test_set = self._subset(train), test
+              f"({len(found['train'].classes)} vs {len(found['test'].classes)}); both need the same "
+              f"class folders.")
+        self._check_classes(len(found["train"].classes))
+        self._folders = {split: _DecodedFolder(f, self.in_channels, self.image_size)
+                         for split, f in found.items()}
+
+    def _split(self, split: str) -> Dataset | None:
+        if not self._folders:
+            return None
+        if split not in self._decoded:
+            folder = self._folders[split]
+            keep = self._subset(len(folder)) if split == "train" else None
+            if self.in_memory:
+                start = time.perf_counter()
+                self._decoded[split] = folder.decode(keep)
+                log.info("Decoded the %s split of %s into memory: %d images in %.1f s.", split,
+                         self.root, len(self._decoded[split]), time.perf_counter() - start)
+            else:
+                self._decoded[split] = folder if keep is None else Subset(folder, keep)
+        return self._decoded[split]
+
+    @property
+    def train_set(self) -> Dataset | None:
+        return self._split("train")
+
+    @property
+    def test_set(self) -> Dataset | None:
+        return self._split("test")

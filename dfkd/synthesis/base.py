@@ -71,8 +71,8 @@ class Synthesizer:
     @torch.no_grad()
     def quality(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """How the teacher sees a synthetic batch: agreement with the targets, confidence,
-        entropy, class balance of its predictions (1 = even), the BatchNorm-statistics gap per
-        layer, and diversity (mean cosine distance between penultimate features)."""
+        entropy, class balance of its predictions (1 = even), the BatchNorm-statistics gap (the
+        normalized distance of bn_stats.py: mean over layers and worst layer), and diversity (mean cosine distance between penultimate features)."""
         features: list[torch.Tensor] = []
         heads = [m for m in self.teacher.modules() if isinstance(m, nn.Linear)]
         handle = heads[-1].register_forward_hook(lambda m, i, o: features.append(i[0])) if heads else None
@@ -80,6 +80,7 @@ class Synthesizer:
             with bn_statistics(self.teacher) as hooks:
                 probs = self.teacher(images).float().softmax(1)
                 gap = bn_loss(hooks).item() if hooks else float("nan")
+                worst = max(h.loss.item() for h in hooks) if hooks else float("nan")
         finally:
             if handle is not None:
                 handle.remove()
@@ -92,6 +93,7 @@ class Synthesizer:
             "synthesis/class_balance": (-(share * share.clamp_min(1e-12).log()).sum()
                                         / math.log(self.num_classes)).item(),
             "synthesis/bn_loss": gap,
+            "synthesis/bn_loss_max": worst,
         }
         if features and n > 1:
             f = F.normalize(features[-1].float().flatten(1), dim=1)

@@ -1,5 +1,15 @@
 """The BatchNorm-statistics loss of DeepInversion: one forward hook per BatchNorm layer that
-measures how far the batch statistics of its input are from the layer's running statistics."""
+measures how far the batch statistics of its input are from the layer's running statistics.
+
+Two distances per layer (``distance``):
+
+- ``normalized`` (dfkd's default): each channel's mean offset in units of its running standard
+  deviation and its variance error relative to its running variance, each as a root mean square
+  over the channels. It is unitless and does not grow with the channel count, so one weight means
+  the same on a 16-channel digits CNN and on ResNet-50's 2,048-channel layers.
+- ``l2`` (the papers'): ``||mean - running_mean||_2 + ||var - running_var||_2``, which grows with
+  the channel count and with the scale of the layer's activations.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +21,20 @@ from torch import nn
 
 from dfkd.models import batchnorm_layers
 
+DISTANCES = ("normalized", "l2")
+
+
+def rms(x: torch.Tensor) -> torch.Tensor:
+    return x.pow(2).mean().sqrt()
+
 
 class BNStatsHook:
     """Forward hook on one BatchNorm layer: distance of the batch statistics of its input
     to the layer's running statistics."""
 
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, distance: str = "normalized") -> None:
         self.loss: torch.Tensor | None = None
+        self.distance = distance
         self.handle = bn.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
@@ -25,17 +42,22 @@ class BNStatsHook:
         dims = [0, *range(2, x.dim())]
         mean = x.mean(dims)
         var = x.var(dims, unbiased=False)
-        self.loss = (torch.linalg.vector_norm(mean - module.running_mean)
-                     + torch.linalg.vector_norm(var - module.running_var))
+        running_mean, running_var = module.running_mean.float(), module.running_var.float()
+        if self.distance == "l2":
+            self.loss = (torch.linalg.vector_norm(mean - running_mean)
+                         + torch.linalg.vector_norm(var - running_var))
+        else:
+            scale = running_var + module.eps
+            self.loss = rms((mean - running_mean) / scale.sqrt()) + rms((var - running_var) / scale)
 
     def remove(self) -> None:
         self.handle.remove()
 
 
 @contextlib.contextmanager
-def bn_statistics(model: nn.Module) -> Iterator[list[BNStatsHook]]:
+def bn_statistics(model: nn.Module, distance: str = "normalized") -> Iterator[list[BNStatsHook]]:
     """Hooks on every BatchNorm layer of ``model``, removed on exit whatever happens."""
-    hooks = [BNStatsHook(bn) for bn in batchnorm_layers(model)]
+    hooks = [BNStatsHook(bn, distance) for bn in batchnorm_layers(model)]
     try:
         yield hooks
     finally:
@@ -46,6 +68,6 @@ def bn_statistics(model: nn.Module) -> Iterator[list[BNStatsHook]]:
 def bn_loss(hooks: list[BNStatsHook], first_multiplier: float = 1.0) -> torch.Tensor:
     """The mean over BatchNorm layers (the first one weighted ``first_multiplier``), so that one
     ``bn_weight`` suits a 3-layer CNN and a 53-layer ResNet-50 alike. (The papers sum over layers:
-    their weight w is ``bn_weight = w * number of BN layers`` here.)"""
+    their weight w is ``bn_weight = w * number of BN layers`` here, with ``distance: l2``.)"""
     losses = [h.loss for h in hooks if h.loss is not None]
     return (first_multiplier * losses[0] + sum(losses[1:])) / len(losses)

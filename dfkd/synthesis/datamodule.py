@@ -7,7 +7,7 @@ The pool is part of the Lightning checkpoint (``state_dict``), so a resumed run 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import lightning as L
 import torch
@@ -17,11 +17,16 @@ from dfkd.errors import check
 from dfkd.synthesis.base import Synthesizer
 
 
+# the quality figures averaged over every batch into the run's summary
+QUALITY = ("synthesis/target_acc", "synthesis/class_balance", "synthesis/confidence",
+           "synthesis/bn_loss", "synthesis/bn_loss_max", "synthesis/diversity")
+
+
 class SyntheticDataModule(L.LightningDataModule):
     def __init__(self, synthesizer: Synthesizer, kd_batch_size: int = 128, batch_size: int = 256,
                  size: int = 2048, initial_batches: int = 4, refresh_every: int = 10,
                  steps_per_epoch: int = 50, flip: bool = True, jitter: int = 1, seed: int = 0,
-                 val_dataloader: Callable[[], DataLoader] | None = None) -> None:
+                 real: L.LightningDataModule | None = None) -> None:
         super().__init__()
         check(batch_size >= 1 and size >= batch_size and initial_batches >= 1 and refresh_every >= 1,
               f"synthesis.pool needs batch_size >= 1, size >= batch_size, initial_batches >= 1 and "
@@ -31,11 +36,12 @@ class SyntheticDataModule(L.LightningDataModule):
         self.kd_batch_size, self.batch_size, self.size = kd_batch_size, batch_size, size
         self.initial_batches, self.refresh_every = initial_batches, refresh_every
         self.steps_per_epoch, self.flip, self.jitter, self.seed = steps_per_epoch, flip, jitter, seed
-        self._val_dataloader = val_dataloader
+        self.real = real  # the real data set, only for the test-split curve (nothing is chosen on it)
         self.images: torch.Tensor | None = None
         self.targets: torch.Tensor | None = None
         self.last_batch: torch.Tensor | None = None
         self.refreshes, self.steps, self.images_made, self.seconds = 0, 0, 0, 0.0
+        self.quality: dict[str, float] = {}  # sums of every batch's quality figures
         self.sampler = torch.Generator().manual_seed(seed)
 
     def setup(self, stage: str | None = None) -> None:
@@ -57,6 +63,9 @@ class SyntheticDataModule(L.LightningDataModule):
         self.refreshes += 1
         self.images_made += len(images)
         self.seconds += self.synthesizer.stats.get("synthesis/seconds", 0.0)
+        for key in QUALITY:
+            if key in self.synthesizer.stats:
+                self.quality[key] = self.quality.get(key, 0.0) + self.synthesizer.stats[key]
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One augmented KD batch drawn uniformly from the pool."""
@@ -87,14 +96,23 @@ class SyntheticDataModule(L.LightningDataModule):
         return DataLoader(_Stream(self), batch_size=None, num_workers=0)
 
     def val_dataloader(self):
-        return self._val_dataloader() if self._val_dataloader is not None else []
+        return self.real.test_dataloader() if self.real is not None else []
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Real test images become model input as the real data module makes them; dreams
+        already are."""
+        if self.real is None:
+            return batch
+        images, labels = batch
+        return self.real.model_input(images), labels
 
     def state_dict(self) -> dict:
         if self.images is None:
             return {}
         return {"images": self.images.cpu(), "targets": self.targets.cpu(), "steps": self.steps,
                 "refreshes": self.refreshes, "images_made": self.images_made, "seconds": self.seconds,
-                "sampler": self.sampler.get_state(), "synthesizer": self.synthesizer.state_dict()}
+                "sampler": self.sampler.get_state(), "synthesizer": self.synthesizer.state_dict(),
+                "quality": self.quality}
 
     def load_state_dict(self, state: dict) -> None:
         """Called by Lightning after ``setup`` when a run resumes from a checkpoint: the pool,
@@ -105,14 +123,19 @@ class SyntheticDataModule(L.LightningDataModule):
             self.steps, self.refreshes = state["steps"], state["refreshes"]
             self.images_made = state["images_made"]
             self.seconds = state.get("seconds", 0.0)
+            self.quality = dict(state.get("quality", {}))
             if "sampler" in state:
                 self.sampler.set_state(state["sampler"])
             if "synthesizer" in state:
                 self.synthesizer.load_state_dict(state["synthesizer"])
 
     def summary(self) -> dict:
-        return {"synthesizer": type(self.synthesizer).__name__, "synthesis_seconds": self.seconds, "synthesized_images": self.images_made,
-                "pool_images": 0 if self.images is None else len(self.images)}
+        """What the dreams cost, and how the teacher judged them on average over every batch
+        (``target_acc``, ``class_balance``, the BN gap, ...), for results.json."""
+        judged = {key.split("/", 1)[1]: total / max(self.refreshes, 1) for key, total in self.quality.items()}
+        return {"synthesizer": type(self.synthesizer).__name__, "synthesis_seconds": self.seconds,
+                "synthesized_images": self.images_made,
+                "pool_images": 0 if self.images is None else len(self.images), **judged}
 
 
 class _Stream(IterableDataset):

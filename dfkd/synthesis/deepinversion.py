@@ -2,7 +2,7 @@
 see the statistics they were trained on, and the teacher sees the sampled target classes.
 
     loss = ce_weight * CE(teacher(x'), y)
-         + bn_weight * mean_l w_l (||mu_l(x') - running_mean_l||_2 + ||var_l(x') - running_var_l||_2)
+         + bn_weight * mean_l w_l d_l(x')     (d_l: bn_stats.py, per channel and unitless by default)
          + tv_l1 * TV_1(x') + tv_l2 * TV_2(x') + l2 * mean_i ||x'_i||_2
          - competition_weight * JS(teacher(x') || student(x'))        (ADI, Yin et al. 2020)
 
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfkd.synthesis.base import Synthesizer, frozen
-from dfkd.synthesis.bn_stats import BNStatsHook, bn_loss, bn_statistics
+from dfkd.errors import check
+from dfkd.synthesis.bn_stats import DISTANCES, BNStatsHook, bn_loss, bn_statistics
 
 
 def image_priors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -57,7 +58,8 @@ class DeepInversion(Synthesizer):
                  first_bn_multiplier: float = 1.0, ce_weight: float = 1.0, tv_l1: float = 0.0,
                  tv_l2: float = 1e-4, l2: float = 0.0, competition_weight: float = 0.0,
                  competition_temperature: float = 3.0, jitter: int = 1, flip: bool = True,
-                 multires_iterations: int = 0, mixed_precision: bool = True) -> None:
+                 multires_iterations: int = 0, mixed_precision: bool | str = "auto",
+                 bn_distance: str = "normalized") -> None:
         super().__init__(teacher, image_shape, num_classes, pixel_bounds, seed)
         self.iterations, self.lr, self.betas = int(iterations), float(lr), tuple(betas)
         self.multires_iterations = int(multires_iterations)
@@ -66,7 +68,12 @@ class DeepInversion(Synthesizer):
         self.first_bn_multiplier = float(first_bn_multiplier)
         self.competition_temperature = float(competition_temperature)
         self.jitter, self.flip = int(jitter), bool(flip)
-        self.mixed_precision = bool(mixed_precision)
+        check(bn_distance in DISTANCES, f"synthesis.synthesizer.bn_distance={bn_distance!r} is unknown; "
+              f"choose one of {list(DISTANCES)}.")
+        check(mixed_precision in ("auto", True, False),
+              f"synthesis.synthesizer.mixed_precision={mixed_precision!r}: choose auto (bf16 on GPUs "
+              f"that have it), true (bf16 on any device, the CPU included) or false.")
+        self.bn_distance, self.mixed_precision = bn_distance, mixed_precision
 
     @property
     def competes(self) -> bool:
@@ -84,9 +91,10 @@ class DeepInversion(Synthesizer):
                hooks: list[BNStatsHook]) -> dict[str, torch.Tensor]:
         """Every named loss term of one step on the (already augmented) batch ``x``, and their
         weighted sum as ``total``."""
-        # bf16 autocast on GPUs that have it; BatchNorm statistics and the losses stay in fp32
-        amp = self.mixed_precision and x.is_cuda and torch.cuda.is_bf16_supported()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        # bf16 autocast (auto: on GPUs that have it); BatchNorm statistics and losses stay in fp32
+        amp = self.mixed_precision is True or (
+            self.mixed_precision == "auto" and x.is_cuda and torch.cuda.is_bf16_supported())
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = self.teacher(x).float()
             student_logits = self.student(x).float() if self.competes else None
         tv_l1, tv_l2, l2 = image_priors(x)
@@ -122,7 +130,7 @@ class DeepInversion(Synthesizer):
         targets = self.balanced_targets(n).to(self.device)
         c, h, w = self.image_shape
         warmup = min(self.multires_iterations, self.iterations - 1)
-        with torch.enable_grad(), frozen(self.student), bn_statistics(self.teacher) as hooks:
+        with torch.enable_grad(), frozen(self.student), bn_statistics(self.teacher, self.bn_distance) as hooks:
             if warmup > 0:  # a coarse first phase at half resolution, then upsampled
                 coarse, _ = self._optimize(self.noise(n, (c, h // 2, w // 2)), targets, warmup, hooks)
                 x = F.interpolate(coarse, size=(h, w), mode="nearest")

@@ -95,7 +95,7 @@ class FastSynthesizer(DeepInversion):
         optimizer = torch.optim.Adam([{"params": adapted.parameters(), "lr": self.lr_generator},
                                       {"params": [z], "lr": self.lr_latent}], betas=(0.5, 0.999))
         steps = self.warmup_steps if self.batches == 0 else self.g_steps
-        with torch.enable_grad(), frozen(self.student), bn_statistics(self.teacher) as hooks:
+        with torch.enable_grad(), frozen(self.student), bn_statistics(self.teacher, self.bn_distance) as hooks:
             for _ in range(steps):
                 terms = self.losses(self._augment(self.render(adapted, z, targets)), targets, hooks)
                 optimizer.zero_grad(set_to_none=True)
