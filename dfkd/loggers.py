@@ -12,7 +12,7 @@ from hydra.utils import get_class
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from dfkd.errors import build
+from dfkd.config import build
 
 log = logging.getLogger(__name__)
 

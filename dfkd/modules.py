@@ -39,7 +39,7 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class _Trained(L.LightningModule):
+class NetModule(L.LightningModule):
     """Shared parts: the trained network ``net``, accuracy on the real test split, the optimizer
     with a per-step schedule over the whole run (an optional linear warm-up over
     ``warmup_fraction`` of the steps, then a cosine to zero). ``channels_last``: the networks
@@ -80,7 +80,7 @@ class _Trained(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-class ClassifierModule(_Trained):
+class ClassifierModule(NetModule):
     """Cross-entropy on real labels: trains a teacher, or fine-tunes a pruned student."""
 
     def __init__(self, net: nn.Module, num_classes: int, optimizer: OptimizerFactory,
@@ -99,7 +99,7 @@ class ClassifierModule(_Trained):
         return loss
 
 
-class DistillModule(_Trained):
+class DistillModule(NetModule):
     """Frozen teacher -> student by KL at temperature T (x T^2), plus optional CE on the
     teacher's labels. The batch's own labels are never used: the transfer set may be dreams."""
 

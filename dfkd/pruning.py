@@ -13,7 +13,7 @@ from torch.nn.utils import prune as tprune
 
 from dfkd.errors import DfkdError, check
 
-METHODS = {"l1": tprune.L1Unstructured, "random": tprune.RandomUnstructured}
+CRITERIA = {"l1": tprune.L1Unstructured, "random": tprune.RandomUnstructured}
 SCOPES = ("global", "layer")
 
 
@@ -23,29 +23,55 @@ def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
 
 
-def validate(ratio: float, method: str, scope: str) -> None:
-    check(0.0 <= float(ratio) < 1.0,
+def validate(ratio: float, method: str, scope: str) -> float:
+    """The ratio as a number in [0, 1), or a DfkdError that names the setting."""
+    try:
+        ratio = float(ratio)
+    except (TypeError, ValueError):
+        raise DfkdError(f"pruning.ratio={ratio!r} is not a number: it is the fraction of conv and "
+                        f"linear weights set to zero, e.g. pruning.ratio=0.9.") from None
+    check(0.0 <= ratio < 1.0,
           f"pruning.ratio={ratio} is outside [0, 1): it is the fraction of conv and linear weights "
           f"set to zero (0.9 keeps one weight in ten).")
-    check(method in METHODS,
-          f"pruning.method={method!r} is unknown; choose one of {sorted(METHODS)}.")
+    check(method in CRITERIA,
+          f"pruning.method={method!r} is unknown; choose one of {sorted(CRITERIA)}.")
     check(scope in SCOPES, f"pruning.scope={scope!r} is unknown; choose one of {list(SCOPES)}.")
+    return ratio
 
 
 def prune(model: nn.Module, ratio: float, method: str = "l1", scope: str = "global") -> nn.Module:
     """Zero ``ratio`` of the conv/linear weights in place: by magnitude (l1) or at random,
     ranked across the whole network (global) or within each layer (layer)."""
-    validate(ratio, method, scope)
+    ratio = validate(ratio, method, scope)
     layers = prunable(model)
     check(bool(layers), "The model has no conv or linear layer to prune; check the model setting.")
     model.to(memory_format=torch.contiguous_format)  # a GPU-trained teacher may be channels_last
     if scope == "global":
         tprune.global_unstructured([(m, "weight") for _, m in layers],
-                                   pruning_method=METHODS[method], amount=float(ratio))
+                                   pruning_method=CRITERIA[method], amount=ratio)
     else:
         for _, m in layers:
-            METHODS[method].apply(m, "weight", amount=float(ratio))
+            CRITERIA[method].apply(m, "weight", amount=ratio)
     return model
+
+
+class Unstructured:
+    """What conf/pruning/{magnitude,random}.yaml build: unstructured pruning of every conv and
+    linear weight to ``ratio``, by |weight| (l1) or at random, globally or per layer. Refuses a
+    bad setting when it is built, before any work."""
+
+    def __init__(self, ratio: float = 0.9, method: str = "l1", scope: str = "global") -> None:
+        self.ratio = validate(ratio, method, scope)
+        self.method, self.scope = method, scope
+
+    def __call__(self, model: nn.Module) -> nn.Module:
+        return prune(model, self.ratio, self.method, self.scope)
+
+    def describe(self) -> str:
+        return f"{self.ratio:.0%} {self.method}"
+
+    def settings(self) -> dict:
+        return {"pruning_ratio": self.ratio, "pruning_method": self.method, "pruning_scope": self.scope}
 
 
 def is_masked(module: nn.Module) -> bool:

@@ -1,132 +1,175 @@
-"""Stage 3: recover the pruned student.
+"""Stage 3: recover the pruned student. Each method is one class, built by Hydra from the
+``_target_`` of its conf/recovery/*.yaml:
 
-    dfkd      KD on images dreamed from the teacher (conf/synthesis), no real data
-    noise_kd  the same KD on Gaussian noise (baseline: the floor)
-    real_kd   the same KD on the real train split (baseline: the ceiling)
-    finetune  cross-entropy on the real train split's labels (baseline)
-    none      keep the pruned student as it is
+    dream_kd  SyntheticKD  KD on images dreamed from the teacher (conf/synthesis), no real data
+    noise_kd  SyntheticKD  the same KD on Gaussian noise (baseline: the floor)
+    real_kd   RealKD       the same KD on the real train split (baseline: the ceiling)
+    finetune  FineTune     cross-entropy on the real train split's labels (baseline)
+    none      NoRecovery   keep the pruned student as it is
 
-Every method runs with the same budget (recovery.steps optimizer steps of
-recovery.batch_size images), so their rows compare.
+Every method runs with the same budget (``steps`` optimizer steps of ``batch_size`` images), so
+their rows compare. A method owns its validation (run before the teacher is trained), its
+LightningModule and its source of batches; adding one is one class and one YAML file.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import get_class
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig
 from torch import nn
 
 from dfkd.data import ImageDataModule
-from dfkd.errors import DfkdError, build, check
+from dfkd.errors import DfkdError, check
 from dfkd.models import has_batchnorm
-from dfkd.modules import ClassifierModule, DistillModule
-from dfkd.synthesis import Noise, SyntheticDataModule
+from dfkd.modules import ClassifierModule, DistillModule, NetModule
+from dfkd.synthesis import SynthesisMonitor, SyntheticDataModule
 from dfkd.trainer import make_trainer
 
 log = logging.getLogger(__name__)
 
-SYNTHETIC, REAL = ("dfkd", "noise_kd"), ("real_kd", "finetune")
-METHODS = (*SYNTHETIC, *REAL, "none")
 
+class Recovery:
+    """The shared budget and the Lightning fit; subclasses choose the module and the batches."""
 
-def validate(cfg: DictConfig, teacher: nn.Module) -> None:
-    """Refuse a recovery that cannot work, before any work is done."""
-    method = cfg.recovery.method
-    check(method in METHODS, f"recovery.method={method!r} is unknown; choose recovery= one of "
-          f"{list(METHODS)}.")
-    if method == "none":
-        return
-    check(cfg.recovery.steps >= 1 and cfg.recovery.batch_size >= 1,
-          f"recovery.steps={cfg.recovery.steps} and recovery.batch_size={cfg.recovery.batch_size} "
-          f"must both be at least 1.")
-    check(cfg.recovery.temperature > 0, f"recovery.temperature={cfg.recovery.temperature} must be > 0.")
-    if method == "dfkd":
-        synthesizer = get_class(cfg.synthesis.synthesizer._target_)
-        if synthesizer.needs_batchnorm and not has_batchnorm(teacher):
-            raise DfkdError(
-                f"synthesis={synthesizer.__name__} dreams images by matching the teacher's "
-                f"BatchNorm statistics, but the teacher ({teacher.__class__.__name__}) has no "
-                f"BatchNorm layer. Use a teacher with BatchNorm, or a recovery that does not "
-                f"need it: recovery=noise_kd (no data) or recovery=real_kd (real data).")
+    uses_real_data = False
 
+    def __init__(self, name: str, steps: int = 300, batch_size: int = 128, temperature: float = 4.0,
+                 ce_weight: float = 0.0, gradient_clip_val: float | None = None, warmup_fraction: float = 0.0,
+                 val_every_n_steps: int = 50, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+                 **synthetic_only) -> None:
+        # An experiment file sets the pool for whichever method runs; real-data methods have none.
+        unknown = sorted(set(synthetic_only) - {"synthesizer", "pool", "image_grid_every_n_steps"})
+        check(not unknown, f"recovery.{unknown[0] if unknown else ''} is not a setting of recovery={name}.")
+        check(int(steps) >= 1 and int(batch_size) >= 1,
+              f"recovery.steps={steps} and recovery.batch_size={batch_size} must both be at least 1.")
+        check(float(temperature) > 0, f"recovery.temperature={temperature} must be > 0.")
+        check(0.0 <= float(warmup_fraction) < 1.0,
+              f"recovery.warmup_fraction={warmup_fraction} must lie in [0, 1).")
+        check(int(val_every_n_steps) >= 1, f"recovery.val_every_n_steps={val_every_n_steps} must be >= 1.")
+        self.name, self.steps, self.batch_size = name, int(steps), int(batch_size)
+        self.temperature, self.ce_weight = float(temperature), float(ce_weight)
+        self.gradient_clip_val, self.warmup_fraction = gradient_clip_val, float(warmup_fraction)
+        self.val_every_n_steps, self.optimizer = int(val_every_n_steps), optimizer
 
-class SynthesisMonitor(Callback):
-    """Logs the quality and cost of every new synthetic batch, and a grid of dreams now and then
-    (to W&B when it is the logger, and always as PNG files in the run folder)."""
+    def validate(self, model: nn.Module, data: ImageDataModule, seed: int) -> None:
+        """Refuse what cannot work, given the (untrained) architecture, before any work."""
 
-    def __init__(self, data: ImageDataModule, folder: Path, every_n_steps: int) -> None:
-        self.data, self.folder, self.every = data, Path(folder), max(int(every_n_steps), 1)
-        self.seen, self.last_grid = 0, -1
+    def settings(self) -> dict:
+        return {"recovery": self.name, "recovery_steps": self.steps, "recovery_batch_size": self.batch_size}
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        source = trainer.datamodule
-        if source.refreshes > self.seen:
-            self.seen = source.refreshes
-            pl_module.log_dict({**source.synthesizer.stats, "synthesis/images": float(source.images_made)})
-        step = trainer.global_step
-        if trainer.is_global_zero and source.last_batch is not None and step // self.every > self.last_grid:
-            self.last_grid = step // self.every
-            self.save_grid(trainer, source.last_batch, step)
+    # -- what subclasses choose ------------------------------------------------------------
+    def module(self, teacher: nn.Module, student: nn.Module, num_classes: int, channels_last: bool) -> NetModule:
+        return DistillModule(teacher, student, num_classes, self.optimizer, temperature=self.temperature,
+                             ce_weight=self.ce_weight, warmup_fraction=self.warmup_fraction,
+                             channels_last=channels_last)
 
-    def save_grid(self, trainer: L.Trainer, images, step: int) -> None:
-        from torchvision.utils import make_grid, save_image
+    def source(self, teacher: nn.Module, student: nn.Module, data: ImageDataModule, seed: int,
+               out: Path) -> tuple[L.LightningDataModule, list[Callback]]:
+        raise NotImplementedError
 
-        grid = make_grid(self.data.denormalize(images[:64]), nrow=8)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        save_image(grid, self.folder / f"grid_step{step:06d}.png")
-        if hasattr(trainer.logger, "log_image"):
-            trainer.logger.log_image(key="synthesis/grid", images=[grid], step=step)
-
-
-def recover(cfg: DictConfig, teacher: nn.Module, student: nn.Module, data: ImageDataModule,
-            logger) -> dict:
-    """Run recovery in place on ``student``; return what it cost."""
-    rc = cfg.recovery
-    if rc.method == "none":
+    def keep(self, source: L.LightningDataModule, trainer: L.Trainer, data: ImageDataModule, out: Path) -> dict:
+        """After the fit, whatever happened: save what is worth keeping; return its summary."""
         return {}
-    out = Path(cfg.paths.output_dir)
-    optimizer = build(rc.optimizer, "recovery.optimizer")
-    schedule = {"warmup_fraction": rc.get("warmup_fraction", 0.0), "channels_last": cfg.trainer.channels_last}
-    if rc.method == "finetune":
-        module = ClassifierModule(student, data.num_classes, optimizer, config_group="recovery", **schedule)
-    else:
-        module = DistillModule(teacher, student, data.num_classes, optimizer,
-                               temperature=rc.temperature, ce_weight=rc.ce_weight, **schedule)
-    callbacks: list[Callback] = [ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
-                                                 every_n_train_steps=rc.val_every_n_steps)]
-    if rc.method in SYNTHETIC:
-        sc = cfg.synthesis
-        factory = Noise if rc.method == "noise_kd" else build(sc.synthesizer, "synthesis.synthesizer")
-        synthesizer = factory(
-            teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
-            pixel_bounds=data.pixel_bounds(), seed=cfg.seed)
+
+    # -- the run -----------------------------------------------------------------------------
+    def recover(self, teacher: nn.Module, student: nn.Module, data: ImageDataModule, trainer: DictConfig,
+                logger, out: Path, seed: int = 0, resume: bool = False, callbacks: list[Callback] = (),
+                checkpoints: bool = True) -> dict:
+        """Train ``student`` in place; return what the recovery cost (and, for dreams, how good
+        they were). ``trainer`` is conf/trainer; ``resume`` goes on from out/checkpoints/last.ckpt."""
+        out = Path(out)
+        module = self.module(teacher, student, data.num_classes, trainer.channels_last)
+        source, own = self.source(teacher, student, data, seed, out)
+        if checkpoints:
+            own.append(ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
+                                       every_n_train_steps=self.val_every_n_steps))
+        fit = make_trainer(trainer, "recovery", progress_every=self.val_every_n_steps,
+                           callbacks=[*own, *callbacks], max_steps=self.steps, max_epochs=-1,
+                           logger=logger or False, enable_checkpointing=checkpoints,
+                           gradient_clip_val=self.gradient_clip_val, val_check_interval=self.val_every_n_steps,
+                           check_val_every_n_epoch=None, default_root_dir=str(out))
+        log.info("Recovery (%s): %d steps of %d images.", self.name, self.steps, self.batch_size)
+        try:
+            # resume: Lightning finds the ModelCheckpoint's last.ckpt (and says so if there is none)
+            fit.fit(module, datamodule=source, ckpt_path="last" if resume else None)
+        finally:
+            summary = self.keep(source, fit, data, out)
+        return summary
+
+
+class NoRecovery(Recovery):
+    """Keep the pruned student as it is (recovery=none)."""
+
+    def recover(self, *args, **kwargs) -> dict:
+        return {}
+
+
+class RealKD(Recovery):
+    """KD on the real train split (recovery=real_kd): the ceiling for data-free recovery."""
+
+    uses_real_data = True
+
+    def source(self, teacher, student, data, seed, out):
+        log.info("recovery=%s uses the real train split.", self.name)
+        return data.with_batch_size(self.batch_size), []
+
+
+class FineTune(RealKD):
+    """Cross-entropy on the real train split's labels (recovery=finetune)."""
+
+    def module(self, teacher, student, num_classes, channels_last):
+        return ClassifierModule(student, num_classes, self.optimizer, config_group="recovery",
+                                warmup_fraction=self.warmup_fraction, channels_last=channels_last)
+
+
+class SyntheticKD(Recovery):
+    """KD on synthetic images (recovery=dream_kd: dreamed by conf/synthesis; recovery=noise_kd:
+    Gaussian noise), served from a bounded pool refreshed during KD (``pool``). The dreams are
+    finished work: they are saved whatever happens to the KD run."""
+
+    def __init__(self, name: str, synthesizer: Callable, pool: dict, image_grid_every_n_steps: int = 100,
+                 **budget) -> None:
+        super().__init__(name, **budget)
+        self.synthesizer, self.pool = synthesizer, dict(pool)
+        self.grid_every = int(image_grid_every_n_steps)
+        SyntheticDataModule.check_pool(**self.pool)
+
+    @property
+    def synthesizer_class(self) -> type:
+        return getattr(self.synthesizer, "func", self.synthesizer)
+
+    def validate(self, model, data, seed):
+        kind = self.synthesizer_class
+        if getattr(kind, "needs_batchnorm", False) and not has_batchnorm(model):
+            raise DfkdError(
+                f"synthesis={kind.__name__} dreams images by matching the teacher's BatchNorm "
+                f"statistics, but the teacher ({model.__class__.__name__}) has no BatchNorm layer. "
+                f"Use a teacher with BatchNorm, or a recovery that does not need it: "
+                f"recovery=noise_kd (no data) or recovery=real_kd (real data).")
+        self.make_synthesizer(model, data, seed)  # its settings are checked on the architecture
+
+    def make_synthesizer(self, teacher, data, seed):
+        return self.synthesizer(teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
+                                pixel_bounds=data.pixel_bounds(), seed=seed)
+
+    def source(self, teacher, student, data, seed, out):
+        synthesizer = self.make_synthesizer(teacher, data, seed)
         synthesizer.student = student  # for terms that look at student-teacher disagreement (ADI)
-        source = SyntheticDataModule(synthesizer, kd_batch_size=rc.batch_size,
-                                     steps_per_epoch=rc.val_every_n_steps, seed=cfg.seed,
-                                     real=data, **sc.pool)
-        callbacks.append(SynthesisMonitor(data, out / "synthetic", sc.image_grid_every_n_steps))
-    else:
-        source = data.with_batch_size(rc.batch_size)
-        log.info("recovery=%s uses the real train split.", rc.method)
-    trainer = make_trainer(cfg.trainer, max_steps=rc.steps, max_epochs=-1, logger=logger or False,
-                           callbacks=callbacks, gradient_clip_val=rc.gradient_clip_val,
-                           val_check_interval=rc.val_every_n_steps, check_val_every_n_epoch=None,
-                           default_root_dir=str(out))
-    try:
-        # resume=: Lightning finds the ModelCheckpoint's last.ckpt (and says so if there is none)
-        trainer.fit(module, datamodule=source, ckpt_path="last" if cfg.get("resume") else None)
-    finally:
-        if isinstance(source, SyntheticDataModule) and source.images is not None:
-            # Dreams are finished work: keep them whatever happened to the KD run.
+        stream = SyntheticDataModule(synthesizer, kd_batch_size=self.batch_size,
+                                     steps_per_epoch=self.val_every_n_steps, seed=seed, real=data, **self.pool)
+        return stream, [SynthesisMonitor(data.denormalize, out / "synthetic", self.grid_every)]
+
+    def keep(self, source, trainer, data, out):
+        if source.images is not None:
             name = ("synthetic_pool.pt" if trainer.world_size == 1
                     else f"synthetic_pool_rank{trainer.global_rank}.pt")
             out.mkdir(parents=True, exist_ok=True)
             torch.save({"images": source.images.cpu(), "targets": source.targets.cpu(),
                         "mean": data.mean, "std": data.std}, out / name)
-    return source.summary() if isinstance(source, SyntheticDataModule) else {}
+        return source.summary()

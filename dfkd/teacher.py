@@ -1,5 +1,6 @@
 """Stage 1: the teacher. Build the architecture, then load the user's checkpoint or train it on
-the real train split, cached on disk by architecture, data and seed (a sweep trains it once)."""
+the real train split, cached on disk by architecture, data, recipe, seed and training hardware (a
+sweep trains it once), with its test accuracy beside it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 import os
 import pickle
+import time
 from pathlib import Path
 
 import lightning as L
@@ -15,21 +17,23 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dfkd.config import build
 from dfkd.data import ImageDataModule
-from dfkd.errors import DfkdError, build, check
+from dfkd.errors import DfkdError, check
+from dfkd.evaluate import evaluate
 from dfkd.modules import ClassifierModule, freeze
-from dfkd.trainer import EpochLog, make_trainer
+from dfkd.trainer import device_of, make_trainer
 
 log = logging.getLogger(__name__)
 
 
-def build_model(cfg: DictConfig) -> nn.Module:
-    """Instantiate conf/model with initial weights seeded by teacher.seed (so a cached teacher
-    is the same whoever trained it); a constructor error names the setting."""
-    with torch.random.fork_rng(devices=[]):  # initial weights depend on teacher.seed alone
-        torch.manual_seed(cfg.teacher.seed)
-        model = build(cfg.model, "model")
-    check(isinstance(model, nn.Module), f"model={cfg.model.name} did not build an nn.Module; point "
+def build_model(model_cfg: DictConfig, seed: int) -> nn.Module:
+    """Instantiate conf/model with initial weights seeded by ``seed`` (teacher.seed, so a cached
+    teacher is the same whoever trained it); a constructor error names the setting."""
+    with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed alone
+        torch.manual_seed(seed)
+        model = build(model_cfg, "model")
+    check(isinstance(model, nn.Module), f"model={model_cfg.name} did not build an nn.Module; point "
           f"it at a torch.nn.Module class or factory.")
     return model
 
@@ -73,49 +77,76 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     return model
 
 
-def cache_path(cfg: DictConfig) -> Path:
-    """One file per (architecture, data, teacher recipe, seed)."""
-    key = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "teacher")}
+# conf/trainer settings that change what a trained teacher is
+TRAINER_KEY = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+
+
+def cache_file(cache_dir: str | os.PathLike, model: DictConfig, data: DictConfig, teacher: DictConfig,
+               trainer: DictConfig) -> Path:
+    """One file per architecture, data set, teacher recipe, seed and training hardware."""
+    key = {name: OmegaConf.to_container(node, resolve=True)
+           for name, node in (("model", model), ("data", data), ("teacher", teacher))}
+    key["trainer"] = {k: str(trainer.get(k)) for k in TRAINER_KEY}
     key["data"].pop("num_workers", None)
-    key["teacher"].pop("checkpoint", None)
+    for setting in ("checkpoint", "val_every_n_epochs"):
+        key["teacher"].pop(setting, None)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    arch = cfg.model.name
-    return Path(cfg.paths.cache_dir) / "teachers" / f"{arch}-{cfg.data.name}-seed{cfg.teacher.seed}-{digest}.pt"
+    return Path(cache_dir) / "teachers" / f"{model.name}-{data.name}-seed{teacher.seed}-{digest}.pt"
 
 
-def train_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule) -> nn.Module:
+def train_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trainer: DictConfig,
+                  run_dir: Path) -> nn.Module:
+    """``cfg`` is conf/teacher, ``trainer`` conf/trainer."""
     log.info("Training the teacher on the real train split (%d images, %d epochs): this is the only "
-             "stage of a data-free run that touches training data.", len(data.train_set),
-             cfg.teacher.epochs)
-    L.seed_everything(cfg.teacher.seed, workers=True, verbose=False)
-    tc = cfg.teacher
-    module = ClassifierModule(model, data.num_classes, build(tc.optimizer, "teacher.optimizer"),
-                              label_smoothing=tc.label_smoothing, warmup_fraction=tc.warmup_fraction,
-                              channels_last=cfg.trainer.channels_last)
-    quiet = not cfg.trainer.get("enable_progress_bar", True)
-    curve = tc.get("val_every_n_epochs")  # a test-split curve in the log; nothing is selected on it
-    trainer = make_trainer(cfg.trainer, max_epochs=tc.epochs, logger=False,
-                           callbacks=[EpochLog("teacher")] if quiet else [],
-                           enable_checkpointing=False, default_root_dir=cfg.paths.output_dir,
-                           gradient_clip_val=tc.gradient_clip_val, num_sanity_val_steps=0,
-                           check_val_every_n_epoch=curve or 1, limit_val_batches=1.0 if curve else 0)
-    trainer.fit(module, datamodule=data)
+             "stage of a data-free run that touches training data.", len(data.train_set), cfg.epochs)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = ClassifierModule(model, data.num_classes, build(cfg.optimizer, "teacher.optimizer"),
+                              label_smoothing=cfg.label_smoothing, warmup_fraction=cfg.warmup_fraction,
+                              channels_last=trainer.channels_last)
+    curve = cfg.get("val_every_n_epochs")  # a test-split curve in the log; nothing is selected on it
+    fit = make_trainer(trainer, "teacher", max_epochs=cfg.epochs, logger=False, enable_checkpointing=False,
+                       default_root_dir=str(run_dir), gradient_clip_val=cfg.gradient_clip_val,
+                       num_sanity_val_steps=0, check_val_every_n_epoch=curve or 1,
+                       limit_val_batches=1.0 if curve else 0)
+    fit.fit(module, datamodule=data)
     return model
 
 
-def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule) -> tuple[nn.Module, dict]:
-    """Weights for ``model`` from teacher.checkpoint, the cache, or training; returns the frozen
-    teacher and where it came from."""
-    if cfg.teacher.checkpoint:
-        return freeze(load_weights(model, cfg.teacher.checkpoint)), {"source": str(cfg.teacher.checkpoint)}
-    path = cache_path(cfg)
-    if path.is_file():
-        log.info("Teacher from the cache: %s", path)
-        return freeze(load_weights(model, path)), {"source": str(path), "cached": True}
-    train_teacher(model, cfg, data)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trainer: DictConfig,
+                   cache: Path, run_dir: Path) -> tuple[nn.Module, dict]:
+    """Weights for ``model`` from teacher.checkpoint, the cache file ``cache``, or training (then
+    cached); returns the frozen teacher and what is known of it: where it came from and its test
+    accuracy (kept beside a cached teacher, so a cached teacher is not evaluated again)."""
+    start = time.perf_counter()
+    device, nhwc = device_of(trainer), trainer.channels_last
+    if cfg.checkpoint:
+        teacher = freeze(load_weights(model, cfg.checkpoint))
+        info = {"source": str(cfg.checkpoint), **evaluate(teacher, data, device, channels_last=nhwc)}
+        log.info("Teacher from teacher.checkpoint=%s: test accuracy %.2f%% (%.0f s)", cfg.checkpoint,
+                 100 * info["acc"], time.perf_counter() - start)
+        return teacher, info
+    facts = cache.with_suffix(".json")
+    if cache.is_file():
+        teacher = freeze(load_weights(model, cache))
+        known = json.loads(facts.read_text()) if facts.is_file() else {}
+        if "acc" not in known:
+            known = {**known, **evaluate(teacher, data, device, channels_last=nhwc)}
+            _write_atomically(facts, lambda tmp: tmp.write_text(json.dumps(known)))
+        log.info("Teacher from the cache: %s, test accuracy %.2f%%", cache, 100 * known["acc"])
+        return teacher, {"source": str(cache), "cached": True, **known}
+    train_teacher(model, cfg, data, trainer, run_dir)
+    teacher = freeze(model)
+    known = {**evaluate(teacher, data, device, channels_last=nhwc), "train_seconds": time.perf_counter() - start}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    # atomic: an interrupted run never leaves a half-written teacher
+    _write_atomically(cache, lambda tmp: torch.save(teacher.state_dict(), tmp))
+    _write_atomically(facts, lambda tmp: tmp.write_text(json.dumps(known)))
+    log.info("Teacher trained in %.0f s: test accuracy %.2f%%; cached at %s", known["train_seconds"],
+             100 * known["acc"], cache)
+    return teacher, {"source": str(cache), "cached": False, **known}
+
+
+def _write_atomically(path: Path, write) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)  # atomic: an interrupted run never leaves a half-written teacher
-    log.info("Teacher cached at %s", path)
-    return freeze(model), {"source": str(path), "cached": False}
+    write(tmp)
+    os.replace(tmp, path)

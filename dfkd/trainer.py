@@ -11,7 +11,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from dfkd.errors import DfkdError, build
+from dfkd.config import build
+from dfkd.errors import DfkdError
 
 log = logging.getLogger("dfkd")
 
@@ -40,33 +41,52 @@ def validate(cfg: DictConfig) -> None:
             "run (trainer=gpu), or fan the sweep out with hydra/launcher=slurm.")
 
 
-class EpochLog(Callback):
-    """One log line per epoch (the last batch's logged figures and the time so far), for runs
-    without a progress bar: a long teacher training is not silent for an hour."""
+# of the synthesis figures, the ones a progress line shows (W&B and the CSV log have them all)
+HEADLINE = ("synthesis/target_acc", "synthesis/class_balance", "synthesis/bn_loss")
 
-    def __init__(self, stage: str) -> None:
-        self.stage = stage
+
+class ProgressLog(Callback):
+    """Plain log lines for runs without a progress bar (Slurm, CI, run.log): the logged figures
+    and the time so far, after every epoch, or every ``every_n_steps`` optimizer steps and at the
+    end. A long teacher training or recovery is never silent for an hour."""
+
+    def __init__(self, stage: str, every_n_steps: int | None = None) -> None:
+        self.stage, self.every = stage, every_n_steps
 
     def on_train_start(self, trainer, pl_module):
         self.start = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer, pl_module):
+    def _line(self, trainer, where: str) -> None:
         if not trainer.is_global_zero:
             return
         figures = ", ".join(f"{k} {v.item():.4g}" for k, v in sorted(trainer.callback_metrics.items())
-                            if v.numel() == 1)
-        log.info("%s epoch %d/%d: %s (%.0f s)", self.stage, trainer.current_epoch + 1, trainer.max_epochs,
-                 figures or "-", time.perf_counter() - self.start)
+                            if v.numel() == 1 and (not k.startswith("synthesis/") or k in HEADLINE))
+        log.info("%s %s: %s (%.0f s)", self.stage, where, figures or "-", time.perf_counter() - self.start)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.every is None:
+            self._line(trainer, f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.every and (step % self.every == 0 or step == trainer.max_steps):
+            self._line(trainer, f"step {step}/{trainer.max_steps}")
 
 
 # conf/trainer settings that are dfkd's, not the Lightning Trainer's
 OWN_SETTINGS = ("channels_last",)
 
 
-def make_trainer(cfg: DictConfig, **stage) -> L.Trainer:
-    """``cfg`` is conf/trainer; ``stage`` sets what differs between teacher training and
-    recovery (max_steps, logger, callbacks, ...)."""
-    return build(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in OWN_SETTINGS]), "trainer", **stage)
+def make_trainer(cfg: DictConfig, stage: str, progress_every: int | None = None, callbacks=(),
+                 **settings) -> L.Trainer:
+    """``cfg`` is conf/trainer; ``settings`` are what differs between teacher training and
+    recovery (max_steps, logger, ...). Without a progress bar, ``stage`` logs plain lines every
+    epoch, or every ``progress_every`` steps."""
+    callbacks = list(callbacks)
+    if not cfg.get("enable_progress_bar", True):
+        callbacks.append(ProgressLog(stage, progress_every))
+    lightning = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in OWN_SETTINGS])
+    return build(lightning, "trainer", callbacks=callbacks, **settings)
 
 
 def device_of(cfg: DictConfig) -> torch.device:

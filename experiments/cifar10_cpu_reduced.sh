@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 out=outputs/bench/cifar10_cpu_reduced
 rm -rf "$out"
 i=0
-for method in none noise_kd real_kd finetune dfkd; do
+for method in none noise_kd real_kd finetune dream_kd; do
     .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced recovery=$method "$@" \
         hydra.run.dir="$out/$i"
     i=$((i + 1))

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 out=outputs/bench/cifar10_sparsity_sweep_cpu
 rm -rf "$out"
 .venv/bin/python -m dfkd.run -m +experiment=cifar10_cpu_reduced \
-    pruning.ratio=0.5,0.75,0.9 recovery=none,noise_kd,real_kd,finetune,dfkd \
+    pruning.ratio=0.5,0.75,0.9 recovery=none,noise_kd,real_kd,finetune,dream_kd \
     task_name=cifar10_sparsity_sweep_cpu hydra.sweep.dir="$out" "$@"
 .venv/bin/python -m dfkd.report "$out"
 mkdir -p experiments/results/cifar10_sparsity_sweep_cpu

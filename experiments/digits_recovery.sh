@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=outputs/bench/digits_recovery
 rm -rf "$out"
-.venv/bin/python -m dfkd.run -m seed=0,1,2 recovery=none,noise_kd,real_kd,dfkd \
+.venv/bin/python -m dfkd.run -m seed=0,1,2 recovery=none,noise_kd,real_kd,dream_kd \
     logger=csv trainer.enable_progress_bar=false hydra.sweep.dir="$out"
 .venv/bin/python -m dfkd.report "$out"
 mkdir -p experiments/results/digits_recovery

@@ -3,7 +3,7 @@
 #   bash experiments/gpu_flagship.sh ARCH SECONDS [overrides for every run]
 # ARCH is resnet50, mobilenetv2 or vgg16 (conf/experiment/ARCH_90pct.yaml), on the JPEG copy of
 # CIFAR-10 (unpacked from $CIFAR_TGZ into .data/ if needed):
-#   1. dfkd: teacher trained (and cached), pruned to 90%, recovered on dreams, evaluated;
+#   1. dream_kd: teacher trained (and cached), pruned to 90%, recovered on dreams, evaluated;
 #   2. real_kd: the same teacher (from the cache) and budget on the real train split, the ceiling;
 #      started only if the allowance leaves it at least REAL_KD_SECONDS (default 150).
 # Figures are written as they come to $RESULTS (default experiments/results/gpu_ARCH/): log.txt,
@@ -30,7 +30,7 @@ LOG="$RESULTS/log.txt"
   echo "command: bash experiments/gpu_flagship.sh $ARCH $ALLOWANCE $*"; } 2>&1 | tee -a "$LOG"
 
 collect() {  # the small files of each run, into $RESULTS
-    for method in dfkd real_kd; do
+    for method in dream_kd real_kd; do
         dir=$RUNS/$method
         [ -d "$dir" ] || continue
         [ -f "$dir/results.json" ] && cp "$dir/results.json" "$RESULTS/${method}_results.json"
@@ -54,7 +54,7 @@ run() {  # run METHOD [overrides]: one dfkd.run within what is left of the allow
     echo "== $ARCH $method: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$LOG"
 }
 
-run dfkd "$@"
+run dream_kd "$@"
 if [ $((END - SECONDS)) -ge "${REAL_KD_SECONDS:-150}" ]; then
     run real_kd "$@"
 else
@@ -67,13 +67,13 @@ from pathlib import Path
 
 runs, arch = Path(sys.argv[1]), sys.argv[2]
 found = {m: json.loads((runs / m / "results.json").read_text())
-         for m in ("dfkd", "real_kd") if (runs / m / "results.json").is_file()}
-if "dfkd" not in found:
-    sys.exit(f"summary {arch}: dfkd did not finish; see the log above")
-r = found["dfkd"]
+         for m in ("dream_kd", "real_kd") if (runs / m / "results.json").is_file()}
+if "dream_kd" not in found:
+    sys.exit(f"summary {arch}: dream_kd did not finish; see the log above")
+r = found["dream_kd"]
 syn, t = r["synthesis"], r["times"]
 line = (f"summary {arch}: teacher {100 * r['teacher']['acc']:.2f}% ({t['teacher']:.0f} s), "
-        f"pruned {100 * r['pruned']['acc']:.2f}%, dfkd {100 * r['recovered']['acc']:.2f}% "
+        f"pruned {100 * r['pruned']['acc']:.2f}%, dream_kd {100 * r['recovered']['acc']:.2f}% "
         f"(recovery {t['recover']:.0f} s, {syn['synthesized_images']} dreams in {syn['synthesis_seconds']:.0f} s, "
         f"target agreement {syn.get('target_acc', float('nan')):.3f}, class balance "
         f"{syn.get('class_balance', float('nan')):.3f}, BN gap {syn.get('bn_loss', float('nan')):.2f}), "

@@ -24,21 +24,21 @@ import json
 import logging
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from lightning.pytorch.callbacks import Callback
 
-from dfkd import pruning
-from dfkd.errors import build
+from dfkd.config import build
 from dfkd.evaluate import evaluate
-from dfkd.modules import DistillModule
-from dfkd.synthesis import Noise, SyntheticDataModule, bn_statistics, image_priors
-from dfkd.teacher import build_model, obtain_teacher
-from dfkd.trainer import device_of, make_trainer
+from dfkd.synthesis import Synthesizer, bn_statistics, image_priors
+from dfkd.teacher import build_model, cache_file, obtain_teacher
+from dfkd.trainer import device_of
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("synthesis_benchmark")
@@ -54,7 +54,7 @@ def reference_deepinversion(teacher, n, image_shape, num_classes, low, high, ite
         x = torch.randn((batch_size, *image_shape), generator=g).requires_grad_(True)
         y = torch.randint(num_classes, (batch_size,), generator=g)
         optimizer = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.9), eps=1e-8)
-        with bn_statistics(teacher) as hooks:
+        with bn_statistics(teacher, "l2") as hooks:  # the papers' distance, summed over layers
             for it in range(iterations):
                 optimizer.param_groups[0]["lr"] = 0.5 * lr * (1 + math.cos(math.pi * it / iterations))
                 dx, dy = torch.randint(-jitter, jitter + 1, (2,), generator=g).tolist()
@@ -95,20 +95,30 @@ class Curve(Callback):
         self.points.append((step, self.offset + elapsed, acc))
 
 
-def distil(cfg, teacher, student, data, source, every, offset=0.0, synth=None):
-    """KD from a copy of the pruned student; a synthesizer (if any) sees the student being
-    trained (the ADI term)."""
-    module = DistillModule(teacher, copy.deepcopy(student), data.num_classes,
-                           build(cfg.recovery.optimizer, "recovery.optimizer"),
-                           temperature=cfg.recovery.temperature)
-    if synth is not None:
-        synth.student = module.net
+class FixedSet(Synthesizer):
+    """A transfer set made before any distillation (the papers' way), handed out in order."""
+
+    def __init__(self, images, targets, **context) -> None:
+        super().__init__(**context)
+        self.images, self.targets, self.given = images, targets, 0
+
+    def synthesize(self, n):
+        part = slice(self.given, self.given + n)
+        self.given += n
+        self.stats = {"synthesis/seconds": 0.0}
+        return self.images[part].to(self.device), self.targets[part].to(self.device)
+
+
+def distil(cfg, teacher, student, data, every, offset=0.0, synthesizer=None, pool=None):
+    """dfkd's own recovery (conf/recovery, with ``synthesizer`` and ``pool`` if given) from a copy
+    of the pruned student, with the accuracy curve and no checkpoints."""
+    overrides = {k: v for k, v in (("synthesizer", synthesizer), ("pool", pool)) if v is not None}
+    recovery = build(cfg.recovery, "recovery", **overrides)
     curve = Curve(data, every, offset)
-    trainer = make_trainer(cfg.trainer, max_steps=cfg.recovery.steps, max_epochs=-1, logger=False,
-                           enable_checkpointing=False, callbacks=[curve], enable_progress_bar=False,
-                           gradient_clip_val=cfg.recovery.gradient_clip_val, limit_val_batches=0)
-    trainer.fit(module, datamodule=source)
-    return curve.points
+    summary = recovery.recover(teacher, copy.deepcopy(student), data, cfg.trainer, logger=None,
+                               out=ROOT / "outputs" / "bench" / "tmp", seed=cfg.seed, callbacks=[curve],
+                               checkpoints=False)
+    return curve.points, summary
 
 
 def time_to(points, accuracy):
@@ -141,14 +151,17 @@ def main() -> None:
         cfg = compose("config", overrides=overrides)
     data = build(cfg.data, "data")
     data.setup()
-    teacher, _ = obtain_teacher(build_model(cfg), cfg, data)
+    cache = cache_file(cfg.paths.cache_dir, cfg.model, cfg.data, cfg.teacher, cfg.trainer)
+    model = build_model(cfg.model, cfg.teacher.seed)
+    teacher, teacher_info = obtain_teacher(model, cfg.teacher, data, cfg.trainer, cache, out)
     L.seed_everything(cfg.seed, verbose=False)
-    student = pruning.prune(copy.deepcopy(teacher).requires_grad_(True).train(), cfg.pruning.ratio)
+    prune = build(cfg.pruning, "pruning")
+    student = prune(copy.deepcopy(teacher).requires_grad_(True).train())
     device = device_of(cfg.trainer)
-    teacher_acc = evaluate(teacher, data, device)["acc"]
+    teacher_acc = teacher_info["acc"]
     pruned_acc = evaluate(student, data, device)["acc"]
     low, high = data.pixel_bounds()
-    pool = dict(cfg.synthesis.pool)
+    pool = OmegaConf.to_container(cfg.recovery.pool, resolve=True)
     rows, targets_of = {}, {}
     for method in args.methods.split(","):
         log.info("== %s", method)
@@ -159,24 +172,16 @@ def main() -> None:
                 teacher, args.reference_images, data.image_shape, data.num_classes, low, high,
                 iterations, batch_size=pool["batch_size"], seed=cfg.seed)
             seconds = time.perf_counter() - start
-            fixed = Noise(teacher, data.image_shape, data.num_classes, (low, high))  # never called:
-            source = SyntheticDataModule(fixed, kd_batch_size=cfg.recovery.batch_size, seed=cfg.seed,
-                                         **{**pool, "size": len(images), "refresh_every": 10 ** 9,
-                                            "initial_batches": 1, "batch_size": len(images)})
-            source.load_state_dict({"images": images, "targets": targets, "steps": 0,  # the fixed set
-                                    "refreshes": 1, "images_made": len(images)})
-            points = distil(cfg, teacher, student, data, source, args.eval_every, offset=seconds)
+            points, _ = distil(cfg, teacher, student, data, args.eval_every, offset=seconds,
+                               synthesizer=partial(FixedSet, images, targets),
+                               pool={**pool, "size": len(images), "refresh_every": 10 ** 9,
+                                     "initial_batches": 1, "batch_size": len(images)})
             made = len(images)
         else:
             with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
                 mcfg = compose("config", overrides=[*overrides, f"synthesis={method}"])
-            synth = build(mcfg.synthesis.synthesizer, "synthesis.synthesizer")(
-                teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
-                pixel_bounds=(low, high), seed=cfg.seed)
-            source = SyntheticDataModule(synth, kd_batch_size=cfg.recovery.batch_size, seed=cfg.seed,
-                                         **dict(mcfg.synthesis.pool))
-            points = distil(mcfg, teacher, student, data, source, args.eval_every, synth=synth)
-            seconds, made = source.seconds, source.images_made
+            points, summary = distil(mcfg, teacher, student, data, args.eval_every)
+            seconds, made = summary["synthesis_seconds"], summary["synthesized_images"]
             targets_of[method] = mcfg.synthesis.synthesizer._target_
         rows[method] = {"images": made, "synthesis_seconds": seconds, "images_per_second": made / seconds,
                         "total_seconds": points[-1][1], "final_acc": points[-1][2], "curve": points}
@@ -194,7 +199,7 @@ def main() -> None:
                "default_synthesizer": default, "overrides": overrides, "methods": rows}
     lines = [f"# Synthesis benchmark: {args.name}", "",
              f"Teacher {100 * teacher_acc:.2f}%, pruned {100 * pruned_acc:.2f}% "
-             f"({cfg.pruning.ratio:.0%} {cfg.pruning.method}), {cfg.recovery.steps} KD steps of "
+             f"({prune.describe()}), {cfg.recovery.steps} KD steps of "
              f"{cfg.recovery.batch_size} for every method. Budget for the equal-budget column: "
              f"the wall time of dfkd's {budget_from} run ({budget:.0f} s; {default} is the default).", "",
              "| method | images | synthesis s | images/s | vs reference_2000 | total s | final acc % | "

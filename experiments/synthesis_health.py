@@ -29,11 +29,9 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from dfkd.errors import build
-from dfkd.evaluate import evaluate
+from dfkd.config import build
 from dfkd.synthesis import bn_statistics
-from dfkd.teacher import build_model, obtain_teacher
-from dfkd.trainer import device_of
+from dfkd.teacher import build_model, cache_file, obtain_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("synthesis_health")
@@ -55,7 +53,7 @@ def check(teacher, data, cfg, batches: int) -> dict:
     synth = build(cfg.synthesis.synthesizer, "synthesis.synthesizer")(
         teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
         pixel_bounds=data.pixel_bounds(), seed=cfg.seed)
-    n = cfg.synthesis.pool.batch_size
+    n = cfg.recovery.pool.batch_size
     start = time.perf_counter()
     synth.synthesize(n)  # the first batch (fast: the generator's warm-up)
     first = time.perf_counter() - start
@@ -96,7 +94,7 @@ def main() -> None:
         teacher, _ = obtain_teacher(build_model(cfg), cfg, data)
         device = device_of(cfg.trainer)
         teacher_acc = evaluate(teacher, data, device)["acc"]
-        gap = real_gap(teacher, data, cfg.synthesis.pool.batch_size)
+        gap = real_gap(teacher, data, cfg.recovery.pool.batch_size)
         for synthesizer in args.synthesizers.split(","):
             torch.manual_seed(cfg.seed)
             row = {"arch": arch, "synthesizer": synthesizer, "teacher_acc": teacher_acc, "real_bn_loss": gap,

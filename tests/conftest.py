@@ -11,17 +11,20 @@ from omegaconf import DictConfig
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 # Small budgets that still show recovery on digits (see test_end_to_end.py for the margins).
-FAST = [
+FAST_BUDGET = [
     "logger=none",
     "trainer.enable_progress_bar=false",
     "teacher.epochs=15",
     "recovery.steps=60",
     "recovery.val_every_n_steps=30",
-    "synthesis.pool.batch_size=128",
-    "synthesis.pool.size=512",
-    "synthesis.pool.initial_batches=2",
-    "synthesis.pool.refresh_every=20",
 ]
+FAST_POOL = [  # for the methods that distil on synthetic images (they have a pool)
+    "recovery.pool.batch_size=128",
+    "recovery.pool.size=512",
+    "recovery.pool.initial_batches=2",
+    "recovery.pool.refresh_every=20",
+]
+FAST = FAST_BUDGET + FAST_POOL  # the default recovery (dream_kd) on the command line
 
 
 @pytest.fixture(scope="session")
@@ -35,10 +38,12 @@ def make_cfg(tmp_path, cache_dir):
     """compose(overrides) -> the real config, fast settings, writing into tmp_path."""
 
     def _make(*overrides: str, fast: bool = True) -> DictConfig:
+        paths = [f"paths.output_dir={tmp_path}", f"paths.cache_dir={cache_dir}"]
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            return compose("config", overrides=[
-                f"paths.output_dir={tmp_path}", f"paths.cache_dir={cache_dir}",
-                *(FAST if fast else []), *overrides])
+            cfg = compose("config", overrides=[*paths, *(FAST_BUDGET if fast else []), *overrides])
+            if fast and "pool" in cfg.recovery:
+                cfg = compose("config", overrides=[*paths, *FAST, *overrides])
+        return cfg
 
     return _make
 
@@ -46,7 +51,7 @@ def make_cfg(tmp_path, cache_dir):
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory, cache_dir):
     """A trained (cached) digits teacher and its data module, frozen."""
-    from dfkd.teacher import build_model, obtain_teacher
+    from dfkd.teacher import build_model, cache_file, obtain_teacher
     from hydra.utils import instantiate
 
     out = tmp_path_factory.mktemp("teacher_run")
@@ -55,7 +60,9 @@ def digits_teacher(tmp_path_factory, cache_dir):
                                            *FAST])
     data = instantiate(cfg.data)
     data.setup()
-    teacher, _ = obtain_teacher(build_model(cfg), cfg, data)
+    cache = cache_file(cache_dir, cfg.model, cfg.data, cfg.teacher, cfg.trainer)
+    teacher, _ = obtain_teacher(build_model(cfg.model, cfg.teacher.seed), cfg.teacher, data, cfg.trainer,
+                                cache, out)
     return teacher, data
 
 

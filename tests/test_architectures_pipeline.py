@@ -10,8 +10,8 @@ TINY = ["data=image_folder", "data.num_classes=3", "data.image_size=32", "data.b
         "data.num_workers=0", "teacher.epochs=1", "pruning.ratio=0.8", "recovery.steps=2",
         "recovery.batch_size=4", "recovery.val_every_n_steps=2", "synthesis.synthesizer.warmup_steps=2",
         "synthesis.synthesizer.g_steps=1",
-        "synthesis.pool.batch_size=6", "synthesis.pool.size=12", "synthesis.pool.initial_batches=1",
-        "synthesis.pool.refresh_every=1"]
+        "recovery.pool.batch_size=6", "recovery.pool.size=12", "recovery.pool.initial_batches=1",
+        "recovery.pool.refresh_every=1"]
 
 
 @pytest.mark.parametrize("model", ["resnet18", "resnet34", "resnet50", "mobilenetv2", "vgg16"])

@@ -21,8 +21,8 @@ def test_ddp_on_two_cpu_processes_dreams_different_images_per_rank(tmp_path):
          "trainer.precision=32-true", "logger=none", "trainer.enable_progress_bar=false",
          "teacher.epochs=2", "recovery.steps=4", "recovery.val_every_n_steps=2",
          "synthesis.synthesizer.warmup_steps=3", "synthesis.synthesizer.g_steps=1",
-         "synthesis.pool.batch_size=32",
-         "synthesis.pool.initial_batches=1", "synthesis.pool.refresh_every=2",
+         "recovery.pool.batch_size=32",
+         "recovery.pool.initial_batches=1", "recovery.pool.refresh_every=2",
          f"hydra.run.dir={run_dir}"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -31,4 +31,4 @@ def test_ddp_on_two_cpu_processes_dreams_different_images_per_rank(tmp_path):
     assert not torch.equal(pools[0]["images"], pools[1]["images"])
     results = json.loads((run_dir / "results.json").read_text())
     assert results["recovered"]["sparsity"] >= 0.9 - 1e-3
-    assert proc.stdout.count("recovered (dfkd)") == 1, "only rank 0 reports"
+    assert proc.stdout.count("recovered (dream_kd)") == 1, "only rank 0 reports"

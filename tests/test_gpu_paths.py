@@ -29,12 +29,12 @@ GPU_PATHS = ["+experiment=resnet50_90pct", "trainer.accelerator=cpu", "trainer.p
              "data.num_workers=0", "model.width=4", "teacher.epochs=2", "teacher.val_every_n_epochs=1",
              "recovery.steps=4", "recovery.batch_size=6", "recovery.val_every_n_steps=2",
              "synthesis.synthesizer.warmup_steps=2", "synthesis.synthesizer.g_steps=1",
-             "synthesis.pool.batch_size=6", "synthesis.pool.size=12", "synthesis.pool.initial_batches=1",
-             "synthesis.pool.refresh_every=2", "synthesis.image_grid_every_n_steps=2",
+             "recovery.pool.batch_size=6", "recovery.pool.size=12", "recovery.pool.initial_batches=1",
+             "recovery.pool.refresh_every=2", "recovery.image_grid_every_n_steps=2",
              "logger=none", "trainer.enable_progress_bar=false"]
 
 
-@pytest.mark.parametrize("recovery", ["dfkd", "real_kd"])
+@pytest.mark.parametrize("recovery", ["dream_kd", "real_kd"])
 def test_flagship_gpu_paths_on_the_cpu(make_cfg, image_tree, tmp_path, recovery):
     cfg = make_cfg(*GPU_PATHS, f"data.root={image_tree}", f"recovery={recovery}",
                    f"paths.cache_dir={tmp_path / 'cache'}", fast=False)
@@ -43,7 +43,7 @@ def test_flagship_gpu_paths_on_the_cpu(make_cfg, image_tree, tmp_path, recovery)
     assert results["recovered"]["sparsity"] >= 0.9 - 1e-3
     state = torch.load(tmp_path / "student.pt", weights_only=True)
     assert all(not t.is_inference() for t in state.values())
-    if recovery == "dfkd":
+    if recovery == "dream_kd":
         assert results["synthesis"]["synthesized_images"] >= 12 and "target_acc" in results["synthesis"]
 
 

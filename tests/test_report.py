@@ -18,10 +18,10 @@ def _result(folder, seed, method, ratio, teacher, pruned, recovered):
 
 
 def test_report_averages_seeds_and_draws_the_plot(tmp_path, caplog):
-    _result(tmp_path / "0", 0, "dfkd", 0.9, 0.99, 0.20, 0.96)
-    _result(tmp_path / "1", 1, "dfkd", 0.9, 0.97, 0.10, 0.94)
+    _result(tmp_path / "0", 0, "dream_kd", 0.9, 0.99, 0.20, 0.96)
+    _result(tmp_path / "1", 1, "dream_kd", 0.9, 0.97, 0.10, 0.94)
     _result(tmp_path / "2", 0, "noise_kd", 0.9, 0.99, 0.20, 0.80)
-    _result(tmp_path / "3", 0, "dfkd", 0.5, 0.99, 0.90, 0.98)
+    _result(tmp_path / "3", 0, "dream_kd", 0.5, 0.99, 0.90, 0.98)
     (tmp_path / "4").mkdir()
     (tmp_path / "4" / "results.json").write_text("{not json")
     (tmp_path / "5").mkdir()
@@ -33,7 +33,7 @@ def test_report_averages_seeds_and_draws_the_plot(tmp_path, caplog):
 
     rows = {(r["recovery"], r["pruning_ratio"]): r for r in report.summarize(report.collect(tmp_path))}
     assert len(rows) == 3
-    dfkd90 = rows[("dfkd", 0.9)]
+    dfkd90 = rows[("dream_kd", 0.9)]
     assert dfkd90["seeds"] == [0, 1]
     assert dfkd90["recovered"][0] == pytest.approx(0.95)
     assert dfkd90["recovered"][1] == pytest.approx(0.0141421, rel=1e-4)   # sample std of .96, .94
@@ -57,7 +57,7 @@ def test_report_table_goes_to_wandb(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    _result(tmp_path / "0", 0, "dfkd", 0.9, 0.99, 0.20, 0.96)
+    _result(tmp_path / "0", 0, "dream_kd", 0.9, 0.99, 0.20, 0.96)
     report.main([str(tmp_path), "--wandb", "dfkd-test"])
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1

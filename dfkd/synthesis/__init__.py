@@ -2,10 +2,10 @@
 
 from dfkd.synthesis.base import Synthesizer
 from dfkd.synthesis.bn_stats import bn_loss, bn_statistics
-from dfkd.synthesis.datamodule import SyntheticDataModule
+from dfkd.synthesis.datamodule import SynthesisMonitor, SyntheticDataModule
 from dfkd.synthesis.deepinversion import DeepInversion, image_priors, js_divergence
 from dfkd.synthesis.fast import FastSynthesizer, Generator
 from dfkd.synthesis.noise import Noise
 
-__all__ = ["Synthesizer", "SyntheticDataModule", "DeepInversion", "FastSynthesizer", "Generator",
+__all__ = ["Synthesizer", "SynthesisMonitor", "SyntheticDataModule", "DeepInversion", "FastSynthesizer", "Generator",
            "Noise", "bn_loss", "bn_statistics", "image_priors", "js_divergence"]

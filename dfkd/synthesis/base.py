@@ -103,7 +103,7 @@ class Synthesizer:
 
 
 @contextlib.contextmanager
-def frozen(model: nn.Module | None) -> Iterator[None]:
+def temporarily_frozen(model: nn.Module | None) -> Iterator[None]:
     """Use ``model`` (the student, mid-training) for synthesis only: eval mode and no parameter
     gradients inside, everything as it was afterwards."""
     if model is None:

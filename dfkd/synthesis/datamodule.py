@@ -1,4 +1,5 @@
-"""Synthetic batches on the fly: a bounded pool of dreamed images, refreshed during KD.
+"""Synthetic batches on the fly: a bounded pool of dreamed images, refreshed during KD, and the
+callback that logs how good each new batch is.
 
 The stream runs in the main process (no workers) on the teacher's device, so it works the same
 on CPU, one GPU and under DDP, where each rank seeds its synthesizer with ``seed + rank``.
@@ -7,15 +8,19 @@ The pool is part of the Lightning checkpoint (``state_dict``), so a resumed run 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, IterableDataset
 
 from dfkd.errors import check
 from dfkd.synthesis.base import Synthesizer
 
+log = logging.getLogger(__name__)
 
 # the quality figures averaged over every batch into the run's summary
 QUALITY = ("synthesis/target_acc", "synthesis/class_balance", "synthesis/confidence",
@@ -28,10 +33,7 @@ class SyntheticDataModule(L.LightningDataModule):
                  steps_per_epoch: int = 50, flip: bool = True, jitter: int = 1, seed: int = 0,
                  real: L.LightningDataModule | None = None) -> None:
         super().__init__()
-        check(batch_size >= 1 and size >= batch_size and initial_batches >= 1 and refresh_every >= 1,
-              f"synthesis.pool needs batch_size >= 1, size >= batch_size, initial_batches >= 1 and "
-              f"refresh_every >= 1 (got batch_size={batch_size}, size={size}, "
-              f"initial_batches={initial_batches}, refresh_every={refresh_every}).")
+        self.check_pool(batch_size, size, initial_batches, refresh_every)
         self.synthesizer = synthesizer
         self.kd_batch_size, self.batch_size, self.size = kd_batch_size, batch_size, size
         self.initial_batches, self.refresh_every = initial_batches, refresh_every
@@ -43,6 +45,14 @@ class SyntheticDataModule(L.LightningDataModule):
         self.refreshes, self.steps, self.images_made, self.seconds = 0, 0, 0, 0.0
         self.quality: dict[str, float] = {}  # sums of every batch's quality figures
         self.sampler = torch.Generator().manual_seed(seed)
+
+    @staticmethod
+    def check_pool(batch_size: int = 256, size: int = 2048, initial_batches: int = 4, refresh_every: int = 10,
+                   **augmentation) -> None:
+        check(batch_size >= 1 and size >= batch_size and initial_batches >= 1 and refresh_every >= 1,
+              f"recovery.pool needs batch_size >= 1, size >= batch_size, initial_batches >= 1 and "
+              f"refresh_every >= 1 (got batch_size={batch_size}, size={size}, "
+              f"initial_batches={initial_batches}, refresh_every={refresh_every}).")
 
     def setup(self, stage: str | None = None) -> None:
         rank = self.trainer.global_rank if self.trainer is not None else 0
@@ -83,6 +93,10 @@ class SyntheticDataModule(L.LightningDataModule):
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         while self.images is None or len(self.images) < self.initial_batches * self.batch_size:
             self.refresh()
+            log.info("Initial pool: batch %d/%d of %d dreams in %.1f s (the teacher agrees with %.0f%% of "
+                     "their target classes)", self.refreshes, self.initial_batches, self.batch_size,
+                     self.synthesizer.stats.get("synthesis/seconds", 0.0),
+                     100 * self.synthesizer.stats.get("synthesis/target_acc", float("nan")))
         if self.images.device != self.synthesizer.device:  # a pool restored from a checkpoint
             self.images = self.images.to(self.synthesizer.device)
             self.targets = self.targets.to(self.synthesizer.device)
@@ -150,3 +164,33 @@ class _Stream(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for _ in range(self.source.steps_per_epoch):
             yield self.source.next_batch()
+
+
+class SynthesisMonitor(Callback):
+    """Logs the quality and cost of every new synthetic batch, and a grid of dreams now and then
+    (to W&B when it is the logger, and always as PNG files in ``folder``). ``denormalize`` turns
+    model input back into [0, 1] pixels."""
+
+    def __init__(self, denormalize: Callable[[torch.Tensor], torch.Tensor], folder: Path,
+                 every_n_steps: int) -> None:
+        self.denormalize, self.folder, self.every = denormalize, Path(folder), max(int(every_n_steps), 1)
+        self.seen, self.last_grid = 0, -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        source = trainer.datamodule
+        if source.refreshes > self.seen:
+            self.seen = source.refreshes
+            pl_module.log_dict({**source.synthesizer.stats, "synthesis/images": float(source.images_made)})
+        step = trainer.global_step
+        if trainer.is_global_zero and source.last_batch is not None and step // self.every > self.last_grid:
+            self.last_grid = step // self.every
+            self.save_grid(trainer, source.last_batch, step)
+
+    def save_grid(self, trainer: L.Trainer, images: torch.Tensor, step: int) -> None:
+        from torchvision.utils import make_grid, save_image
+
+        grid = make_grid(self.denormalize(images[:64]), nrow=8)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_image(grid, self.folder / f"grid_step{step:06d}.png")
+        if hasattr(trainer.logger, "log_image"):
+            trainer.logger.log_image(key="synthesis/grid", images=[grid], step=step)

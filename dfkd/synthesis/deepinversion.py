@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfkd.synthesis.base import Synthesizer, frozen
+from dfkd.synthesis.base import Synthesizer, temporarily_frozen
 from dfkd.errors import check
 from dfkd.synthesis.bn_stats import DISTANCES, BNStatsHook, bn_loss, bn_statistics
 
@@ -61,6 +61,8 @@ class DeepInversion(Synthesizer):
                  multires_iterations: int = 0, mixed_precision: bool | str = "auto",
                  bn_distance: str = "normalized") -> None:
         super().__init__(teacher, image_shape, num_classes, pixel_bounds, seed)
+        check(int(iterations) >= 1, f"synthesis.synthesizer.iterations={iterations} must be at least 1 "
+              f"(0 would distil on noise; recovery=noise_kd does that on purpose).")
         self.iterations, self.lr, self.betas = int(iterations), float(lr), tuple(betas)
         self.multires_iterations = int(multires_iterations)
         self.weights = {"ce": float(ce_weight), "bn": float(bn_weight), "tv_l1": float(tv_l1),
@@ -130,7 +132,8 @@ class DeepInversion(Synthesizer):
         targets = self.balanced_targets(n).to(self.device)
         c, h, w = self.image_shape
         warmup = min(self.multires_iterations, self.iterations - 1)
-        with torch.enable_grad(), frozen(self.student), bn_statistics(self.teacher, self.bn_distance) as hooks:
+        with (torch.enable_grad(), temporarily_frozen(self.student),
+              bn_statistics(self.teacher, self.bn_distance) as hooks):
             if warmup > 0:  # a coarse first phase at half resolution, then upsampled
                 coarse, _ = self._optimize(self.noise(n, (c, h // 2, w // 2)), targets, warmup, hooks)
                 x = F.interpolate(coarse, size=(h, w), mode="nearest")

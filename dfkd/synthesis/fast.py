@@ -17,15 +17,19 @@ costs a fifth of a width-64 one per step and distils as well or better.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 
 import torch
 from torch import nn
 
+from dfkd.errors import check
 from dfkd.models import batchnorm_layers
-from dfkd.synthesis.base import frozen
+from dfkd.synthesis.base import temporarily_frozen
 from dfkd.synthesis.bn_stats import bn_statistics
 from dfkd.synthesis.deepinversion import DeepInversion
+
+log = logging.getLogger(__name__)
 
 
 class Generator(nn.Module):
@@ -59,6 +63,9 @@ class FastSynthesizer(DeepInversion):
                  generator_width: int | None = None, **loss_settings) -> None:
         loss_settings.setdefault("lr", lr_latent)
         super().__init__(teacher, image_shape, num_classes, pixel_bounds, seed, **loss_settings)
+        check(int(g_steps) >= 1 and int(warmup_steps) >= 1,
+              f"synthesis.synthesizer.g_steps={g_steps} and warmup_steps={warmup_steps} must both be "
+              f"at least 1: each new batch takes g_steps generator steps (the first: warmup_steps).")
         self.g_steps, self.warmup_steps = int(g_steps), int(warmup_steps)
         self.lr_generator, self.lr_latent, self.meta_lr = float(lr_generator), float(lr_latent), float(meta_lr)
         self.latent_dim = int(latent_dim)
@@ -95,12 +102,16 @@ class FastSynthesizer(DeepInversion):
         optimizer = torch.optim.Adam([{"params": adapted.parameters(), "lr": self.lr_generator},
                                       {"params": [z], "lr": self.lr_latent}], betas=(0.5, 0.999))
         steps = self.warmup_steps if self.batches == 0 else self.g_steps
-        with torch.enable_grad(), frozen(self.student), bn_statistics(self.teacher, self.bn_distance) as hooks:
-            for _ in range(steps):
+        with (torch.enable_grad(), temporarily_frozen(self.student),
+              bn_statistics(self.teacher, self.bn_distance) as hooks):
+            for step in range(1, steps + 1):
                 terms = self.losses(self._augment(self.render(adapted, z, targets)), targets, hooks)
                 optimizer.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 optimizer.step()
+                if self.batches == 0 and step % max(steps // 4, 1) == 0:  # the long first batch
+                    log.info("synthesis warm-up: generator step %d/%d, loss %.3f (%.0f s)", step, steps,
+                             terms["total"].item(), time.perf_counter() - start)
         with torch.no_grad():
             images = self.render(adapted.eval(), z, targets)
             rate = 1.0 if self.batches == 0 else self.meta_lr
