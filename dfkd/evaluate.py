@@ -10,9 +10,10 @@ from dfkd.data import ImageDataModule
 
 
 def evaluate(model: nn.Module, data: ImageDataModule, device: torch.device,
-             teacher: nn.Module | None = None, channels_last: bool = False) -> dict[str, float]:
-    """Top-1 accuracy of ``model`` on the test split of ``data`` and, with a teacher, how often
-    their top-1 classes agree. Moves the models to ``device`` (and to channels_last memory)."""
+             teacher: nn.Module | None = None, channels_last: bool = False, split: str = "test") -> dict[str, float]:
+    """Top-1 accuracy of ``model`` on the test (or validation) split of ``data`` and, with a
+    teacher, how often their top-1 classes agree. Moves the models to ``device`` (and to
+    channels_last memory)."""
     was_training = model.training
     # Moved outside inference mode: weights copied or converted inside it would be inference
     # tensors, which could never be trained again.
@@ -23,7 +24,7 @@ def evaluate(model: nn.Module, data: ImageDataModule, device: torch.device,
     accuracy = MulticlassAccuracy(data.num_classes, average="micro").to(device)
     agreement = MulticlassAccuracy(data.num_classes, average="micro").to(device)
     with torch.inference_mode():
-        for x, y in data.test_dataloader():
+        for x, y in data.loader(split):
             x, y = data.model_input(x.to(device)), y.to(device)
             logits = model(x)
             accuracy.update(logits, y)

@@ -4,7 +4,7 @@ distillation of a frozen teacher into a (pruned) student."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from dfkd.errors import DfkdError
+from dfkd.errors import DfkdError, check
+from dfkd.models import batchnorm_layers
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -30,6 +31,30 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                     reduction="batchmean", log_target=True) * t * t
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Re-estimate the running statistics of every BatchNorm layer of ``model`` as the plain
+    average over ``batches`` (model input), with the weights as they are; returns the number of
+    images seen. The model's mode and the layers' momentum are as they were afterwards."""
+    layers = batchnorm_layers(model)
+    momenta = [bn.momentum for bn in layers]
+    training = model.training
+    seen = 0
+    try:
+        for bn in layers:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative moving average: every batch counts the same
+        model.train()
+        for x in batches:
+            model(x)
+            seen += len(x)
+    finally:
+        for bn, momentum in zip(layers, momenta):
+            bn.momentum = momentum
+        model.train(training)
+    return seen
+
+
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """Learning-rate factor: linear from 1/warmup to 1 over ``warmup`` steps, then a cosine
     from 1 to 0 at step ``total``."""
@@ -43,15 +68,33 @@ class NetModule(L.LightningModule):
     """Shared parts: the trained network ``net``, accuracy on the real test split, the optimizer
     with a per-step schedule over the whole run (an optional linear warm-up over
     ``warmup_fraction`` of the steps, then a cosine to zero). ``channels_last``: the networks
-    work in NHWC memory (what tensor cores prefer)."""
+    work in NHWC memory (what tensor cores prefer). ``bn_statistics``: "train" (the BatchNorm
+    layers of ``net`` re-estimate their running statistics on the batches they see) or "frozen"
+    (they keep the ones they came with; their scale and shift still learn)."""
 
     def __init__(self, net: nn.Module, num_classes: int, optimizer: OptimizerFactory,
-                 warmup_fraction: float = 0.0, channels_last: bool = False) -> None:
+                 warmup_fraction: float = 0.0, channels_last: bool = False, bn_statistics: str = "train") -> None:
         super().__init__()
+        check(bn_statistics in ("train", "frozen"), f"bn_statistics={bn_statistics!r}: train or frozen.")
         self.net = net
         self.optimizer_factory = optimizer
         self.warmup_fraction, self.channels_last = float(warmup_fraction), bool(channels_last)
+        self.bn_statistics = bn_statistics
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def train(self, mode: bool = True) -> NetModule:
+        super().train(mode)
+        if mode:
+            self.hold_batchnorm()
+        return self
+
+    def hold_batchnorm(self) -> None:
+        if self.bn_statistics == "frozen":
+            for bn in batchnorm_layers(self.net):
+                bn.eval()
+
+    def on_train_epoch_start(self) -> None:
+        self.hold_batchnorm()  # Lightning keeps each module's mode; set it where training starts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

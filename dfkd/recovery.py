@@ -15,7 +15,8 @@ LightningModule and its source of batches; adding one is one class and one YAML 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 
 import lightning as L
@@ -27,11 +28,17 @@ from torch import nn
 from dfkd.data import ImageDataModule
 from dfkd.errors import DfkdError, check
 from dfkd.models import has_batchnorm
-from dfkd.modules import ClassifierModule, DistillModule, NetModule
+from dfkd.modules import ClassifierModule, DistillModule, NetModule, recalibrate_batchnorm
 from dfkd.synthesis import SynthesisMonitor, SyntheticDataModule
 from dfkd.trainer import make_trainer
 
 log = logging.getLogger(__name__)
+
+# what the student's BatchNorm running statistics do during recovery: re-estimated on the KD
+# batches as usual (train), kept as the teacher's (frozen), or kept during KD and re-estimated on
+# CALIBRATION_BATCHES KD batches with the final weights (recalibrate)
+STUDENT_BN = ("train", "frozen", "recalibrate")
+CALIBRATION_BATCHES = 50
 
 
 class Recovery:
@@ -42,7 +49,7 @@ class Recovery:
     def __init__(self, name: str, steps: int = 300, batch_size: int = 128, temperature: float = 4.0,
                  ce_weight: float = 0.0, gradient_clip_val: float | None = None, warmup_fraction: float = 0.0,
                  val_every_n_steps: int = 50, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-                 **synthetic_only) -> None:
+                 student_bn: str = "train", **synthetic_only) -> None:
         # An experiment file sets the pool for whichever method runs; real-data methods have none.
         unknown = sorted(set(synthetic_only) - {"synthesizer", "pool", "image_grid_every_n_steps"})
         check(not unknown, f"recovery.{unknown[0] if unknown else ''} is not a setting of recovery={name}.")
@@ -52,6 +59,9 @@ class Recovery:
         check(0.0 <= float(warmup_fraction) < 1.0,
               f"recovery.warmup_fraction={warmup_fraction} must lie in [0, 1).")
         check(int(val_every_n_steps) >= 1, f"recovery.val_every_n_steps={val_every_n_steps} must be >= 1.")
+        check(student_bn in STUDENT_BN, f"recovery.student_bn={student_bn!r} is unknown; choose one of "
+              f"{list(STUDENT_BN)}.")
+        self.student_bn = student_bn
         self.name, self.steps, self.batch_size = name, int(steps), int(batch_size)
         self.temperature, self.ce_weight = float(temperature), float(ce_weight)
         self.gradient_clip_val, self.warmup_fraction = gradient_clip_val, float(warmup_fraction)
@@ -66,11 +76,19 @@ class Recovery:
     # -- what subclasses choose ------------------------------------------------------------
     def module(self, teacher: nn.Module, student: nn.Module, num_classes: int, channels_last: bool) -> NetModule:
         return DistillModule(teacher, student, num_classes, self.optimizer, temperature=self.temperature,
-                             ce_weight=self.ce_weight, warmup_fraction=self.warmup_fraction,
-                             channels_last=channels_last)
+                             ce_weight=self.ce_weight, **self.schedule(channels_last))
+
+    def schedule(self, channels_last: bool) -> dict:
+        return {"warmup_fraction": self.warmup_fraction, "channels_last": channels_last,
+                "bn_statistics": "train" if self.student_bn == "train" else "frozen"}
 
     def source(self, teacher: nn.Module, student: nn.Module, data: ImageDataModule, seed: int,
                out: Path) -> tuple[L.LightningDataModule, list[Callback]]:
+        raise NotImplementedError
+
+    def calibration_batches(self, source: L.LightningDataModule, data: ImageDataModule,
+                            device: torch.device) -> Iterator[torch.Tensor]:
+        """Model input like the KD batches, for re-estimating BatchNorm statistics."""
         raise NotImplementedError
 
     def keep(self, source: L.LightningDataModule, trainer: L.Trainer, data: ImageDataModule, out: Path) -> dict:
@@ -100,6 +118,10 @@ class Recovery:
             fit.fit(module, datamodule=source, ckpt_path="last" if resume else None)
         finally:
             summary = self.keep(source, fit, data, out)
+        if self.student_bn == "recalibrate":
+            device = next(student.parameters()).device
+            seen = recalibrate_batchnorm(student, self.calibration_batches(source, data, device))
+            log.info("Student BatchNorm statistics re-estimated on %d images.", seen)
         return summary
 
 
@@ -119,13 +141,17 @@ class RealKD(Recovery):
         log.info("recovery=%s uses the real train split.", self.name)
         return data.with_batch_size(self.batch_size), []
 
+    def calibration_batches(self, source, data, device):
+        for x, _ in islice(source.train_dataloader(), CALIBRATION_BATCHES):
+            yield data.model_input(x.to(device), train=True)
+
 
 class FineTune(RealKD):
     """Cross-entropy on the real train split's labels (recovery=finetune)."""
 
     def module(self, teacher, student, num_classes, channels_last):
         return ClassifierModule(student, num_classes, self.optimizer, config_group="recovery",
-                                warmup_fraction=self.warmup_fraction, channels_last=channels_last)
+                                **self.schedule(channels_last))
 
 
 class SyntheticKD(Recovery):
@@ -164,6 +190,10 @@ class SyntheticKD(Recovery):
         stream = SyntheticDataModule(synthesizer, kd_batch_size=self.batch_size,
                                      steps_per_epoch=self.val_every_n_steps, seed=seed, real=data, **self.pool)
         return stream, [SynthesisMonitor(data.denormalize, out / "synthetic", self.grid_every)]
+
+    def calibration_batches(self, source, data, device):
+        for _ in range(CALIBRATION_BATCHES):
+            yield source.sample()[0].to(device)
 
     def keep(self, source, trainer, data, out):
         if source.images is not None:

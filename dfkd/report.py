@@ -28,6 +28,32 @@ def write_results(results: dict, folder: str | Path) -> Path:
     return path
 
 
+def warnings(results: dict, num_classes: int) -> list[str]:
+    """What makes a run's figures bad, in words: said loudly in the log, the table and
+    results.json, never written down as an ordinary result."""
+    found = []
+    chance = 1.0 / num_classes
+    teacher, pruned, recovered = results["teacher"], results["pruned"], results["recovered"]
+    syn = results.get("synthesis") or {}
+    if teacher["acc"] < 2 * chance:
+        found.append(f"The teacher is near chance ({100 * teacher['acc']:.1f}% for {num_classes} classes): "
+                     f"nothing distilled from it can be better. Check teacher.checkpoint and the data.")
+    if syn.get("synthesizer") not in (None, "Noise") and syn.get("target_acc", 1.0) < 0.5:
+        found.append(f"The teacher recognizes only {100 * syn['target_acc']:.0f}% of the dreams as their "
+                     f"target class: the synthesis is not working. Lower synthesis.synthesizer.bn_weight, "
+                     f"raise its warmup_steps or g_steps, or lower its learning rates.")
+    if results["config"].get("recovery") != "none":
+        if recovered["acc"] < pruned["acc"] - 0.01:
+            found.append(f"Recovery made the student worse ({100 * pruned['acc']:.1f}% -> "
+                         f"{100 * recovered['acc']:.1f}%): lower recovery.optimizer.lr or set "
+                         f"recovery.gradient_clip_val.")
+        elif recovered.get("agreement", 1.0) < 0.5 and recovered["acc"] < 0.5 * teacher["acc"]:
+            found.append(f"Recovery failed: the student agrees with its teacher on "
+                         f"{100 * recovered['agreement']:.1f}% of the test images. Lower "
+                         f"recovery.optimizer.lr, set recovery.gradient_clip_val, or recover longer.")
+    return found
+
+
 def table(results: dict) -> str:
     """The console summary of one run."""
     cfg = results["config"]
@@ -51,6 +77,7 @@ def table(results: dict) -> str:
             line += (f"; the teacher agrees with {100 * syn['target_acc']:.1f}% of their target classes, "
                      f"class balance {syn['class_balance']:.2f}, BN gap {syn['bn_loss']:.2f}")
         lines.append(line)
+    lines += [f"WARNING: {w}" for w in results.get("warnings", [])]
     return "\n".join(lines)
 
 
@@ -93,6 +120,10 @@ def summarize(runs: list[dict]) -> list[dict]:
         for stage in ("teacher", "pruned", "recovered"):
             row[stage] = _mean_std([m[stage]["acc"] for m in members])
         row["recovery_pct"] = _mean_std([m["recovered"]["acc"] / m["teacher"]["acc"] for m in members])
+        val = [m["recovered"]["val_acc"] for m in members if "val_acc" in m["recovered"]]
+        row["recovered_val"] = _mean_std(val) if val else None
+        target = [m["synthesis"]["target_acc"] for m in members if "target_acc" in (m.get("synthesis") or {})]
+        row["target_acc"] = _mean_std(target) if target else None
         row["recover_s"] = _mean_std([m["times"].get("recover", 0.0) for m in members])
         row["total_s"] = _mean_std([m["times"].get("total", 0.0) for m in members])
         rows.append(row)
@@ -103,16 +134,21 @@ def markdown(rows: list[dict]) -> str:
     def pm(pair, scale=100.0, digits=2):
         return f"{scale * pair[0]:.{digits}f} ± {scale * pair[1]:.{digits}f}"
 
+    def maybe(pair, scale=100.0, digits=2):
+        return "-" if pair is None else pm(pair, scale, digits)
+
     lines = ["| model | data | sparsity | method | synthesis | steps x batch | seeds | teacher % | "
-             "pruned % | recovered % | recovered / teacher % | recover s | total s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "pruned % | recovered % | recovered / teacher % | recovered, validation % | "
+             "dreams' target agreement | recover s | total s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['data']} | {r['pruning_ratio']:.2f} {r['pruning_method']} | "
             f"{r['recovery']} | {r['synthesis'] or '-'} | "
             f"{r['recovery_steps']} x {r['recovery_batch_size']} | {','.join(map(str, r['seeds']))} | "
             f"{pm(r['teacher'])} | {pm(r['pruned'])} | {pm(r['recovered'])} | "
-            f"{pm(r['recovery_pct'], digits=1)} | {pm(r['recover_s'], 1, 1)} | {pm(r['total_s'], 1, 1)} |")
+            f"{pm(r['recovery_pct'], digits=1)} | {maybe(r.get('recovered_val'))} | "
+            f"{maybe(r.get('target_acc'), 1, 3)} | {pm(r['recover_s'], 1, 1)} | {pm(r['total_s'], 1, 1)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from dfkd import loggers, pruning, report, rundir, trainer
 from dfkd.config import build, refuse_missing
-from dfkd.errors import DfkdError
+from dfkd.errors import DfkdError, check
 from dfkd.evaluate import evaluate
 from dfkd.teacher import build_model, cache_file, obtain_teacher
 
@@ -46,8 +46,8 @@ class Stopwatch(dict):
 def run(cfg: DictConfig) -> dict:
     """The whole pipeline for one configuration; returns (and writes) its results."""
     out = Path(cfg.paths.output_dir)
-    rundir.refuse_finished(out, cfg.get("resume"))
     refuse_missing(cfg)
+    check(isinstance(cfg.seed, int), f"seed={cfg.seed!r} must be a whole number (e.g. seed=0).")
     trainer.validate(cfg.trainer)
     data = build(cfg.data, "data")
     data.setup()
@@ -76,6 +76,8 @@ def run(cfg: DictConfig) -> dict:
         with times("evaluate"):
             kept = pruning.check_kept(student, prune.ratio)
             recovered = {**evaluate(student, data, device, teacher, channels_last=nhwc), "sparsity": kept}
+            if data.val_size:  # what experiments choose settings on
+                recovered["val_acc"] = evaluate(student, data, device, split="val")["acc"]
         log.info("Recovered (%s): test accuracy %.2f%%, agreement with the teacher %.2f%%", recovery.name,
                  100 * recovered["acc"], 100 * recovered["agreement"])
         results = {
@@ -84,6 +86,9 @@ def run(cfg: DictConfig) -> dict:
                        **recovery.settings(), "synthesis": synthesis.get("synthesizer"), "seed": cfg.seed},
             "synthesis": synthesis, "sparsity_layers": pruning.sparsity(student)["layers"],
             "times": {**times, "total": sum(times.values())}, "student_path": str(out / "student.pt")}
+        results["warnings"] = report.warnings(results, data.num_classes)
+        for warning in results["warnings"]:
+            log.warning(warning)
         if rank_zero_only.rank == 0:  # under DDP every rank ran the pipeline; one writes it down
             torch.save(student.state_dict(), out / "student.pt")
             report.write_results(results, out)
@@ -95,13 +100,28 @@ def run(cfg: DictConfig) -> dict:
         loggers.finish(logger)
 
 
+def say(message: str) -> None:
+    """A message for the user: on stderr, and in the run folder's run.log."""
+    print(message, file=sys.stderr, flush=True)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logging.LogRecord("dfkd", logging.ERROR, __file__, 0, message.strip(), None, None))
+            handler.flush()
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg)
     except DfkdError as err:
-        print(f"\ndfkd: error: {err}", file=sys.stderr, flush=True)
+        say(f"\ndfkd: error: {err}")
         sys.exit(2)
+    except (KeyboardInterrupt, SystemExit) as stop:  # Lightning ends an interrupted fit with exit(1)
+        if isinstance(stop, SystemExit) and stop.code in (0, None):
+            raise
+        say(f"\ndfkd: interrupted. Go on from the last checkpoint with: "
+            f"python -m dfkd.run resume={cfg.paths.output_dir}")
+        sys.exit(130)
     if torch.distributed.is_initialized():
         # Lightning leaves DDP's process group open; left to interpreter shutdown, gloo's threads
         # can abort the finished run (SIGABRT, "terminate called without an active exception").

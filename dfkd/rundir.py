@@ -12,8 +12,8 @@ from dfkd.errors import DfkdError, check
 RESUMED = "hydra.output_subdir=.hydra/resumed"
 
 
-def refuse_finished(folder: Path, resume) -> None:
-    check(not (resume and (Path(folder) / "results.json").exists()),
+def refuse_finished(folder: Path) -> None:
+    check(not (Path(folder) / "results.json").exists(),
           f"The run in {folder} has finished (its results.json is there): there is nothing to resume. "
           f"Start a new run without resume=.")
 
@@ -26,6 +26,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     if not given or given[-1] in ("resume=null", "resume=") or RESUMED in argv:
         return argv  # nothing to resume, or already rewritten (DDP ranks re-run this command line)
     folder = Path(given[-1].split("=", 1)[1].strip("'\"")).expanduser().resolve()
+    refuse_finished(folder)  # before Hydra writes anything into it
     recorded = folder / ".hydra" / "overrides.yaml"
     if not recorded.is_file():
         raise DfkdError(f"resume={folder} is not the folder of a dfkd run: it has no .hydra/overrides.yaml. "

@@ -5,6 +5,8 @@ sweep trains it once), with its test accuracy beside it."""
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import json
 import logging
 import os
@@ -38,31 +40,51 @@ def build_model(model_cfg: DictConfig, seed: int) -> nn.Module:
     return model
 
 
-def _unwrap_state_dict(obj) -> dict:
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
+SAVE_HINT = "Save the teacher's weights with torch.save(model.state_dict(), PATH)."
+
+
+def _unwrap_state_dict(obj, setting: str) -> dict:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    check(isinstance(obj, dict), "teacher.checkpoint holds neither a state dict nor a dict with "
-          "a 'state_dict' entry; save the teacher with torch.save(model.state_dict(), PATH).")
+    check(isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()),
+          f"{setting} holds neither a state dict nor a dict with a 'state_dict' entry. {SAVE_HINT}")
     for prefix in ("module.", "model.", "net."):  # DataParallel / LightningModule wrappers
         if obj and all(k.startswith(prefix) for k in obj):
             obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a checkpoint into ``model``; a mismatch lists the first differences."""
-    path = Path(path).expanduser()
-    check(path.is_file(), f"teacher.checkpoint={path} does not exist. Point it at a saved state "
-          f"dict of the teacher, or set teacher.checkpoint=null to train a teacher on the real data.")
+def _read(path: Path, setting: str) -> dict:
+    check(path.exists(), f"{setting} does not exist. Point it at a saved state dict of the teacher, "
+          f"or set teacher.checkpoint=null to train a teacher on the real data.")
+    check(path.is_file(), f"{setting} is a folder, not a file. Point it at the file torch.save wrote.")
+    check(path.stat().st_size > 0, f"{setting} is empty (0 bytes): the save that wrote it did not "
+          f"finish. {SAVE_HINT}")
     try:
-        state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
-        raise DfkdError(f"teacher.checkpoint={path} could not be read ({err}). It must be a state "
-                        f"dict written by torch.save(model.state_dict(), PATH).") from err
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "unsupported global" not in str(err).lower():  # garbage, not pickled objects
+            raise DfkdError(f"{setting} is not a file torch.save wrote, or it is damaged ({err}). "
+                            f"{SAVE_HINT}") from err
+        raise DfkdError(f"{setting} holds Python objects beyond tensors (a whole pickled model, or "
+                        f"an object from a training framework), which dfkd does not unpickle: "
+                        f"unpickling can run arbitrary code. {SAVE_HINT}") from err
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        raise DfkdError(f"{setting} is not a file torch.save wrote, or it is damaged ({err}). "
+                        f"{SAVE_HINT}") from err
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, setting: str | None = None,
+                 advice: str | None = None) -> nn.Module:
+    """Load a checkpoint into ``model``: whatever torch's strict loading accepts (old files without
+    BatchNorm's num_batches_tracked too); a mismatch lists the first differences. ``setting``
+    names the file in messages (default: teacher.checkpoint=PATH); ``advice`` replaces the advice
+    given when the file does not fit."""
+    path = Path(path).expanduser()
+    setting = setting or f"teacher.checkpoint={path}"
+    state = _unwrap_state_dict(_read(path, setting), setting)
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
               for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
@@ -70,10 +92,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         parts = [f"{name} ({len(items)}): {', '.join(items[:5])}"
                  for name, items in (("missing", missing), ("unexpected", unexpected),
                                      ("shape mismatch", shapes)) if items]
-        raise DfkdError(f"teacher.checkpoint={path} does not fit the architecture "
-                        f"model={model.__class__.__name__}: " + "; ".join(parts) +
-                        ". Choose the model (and data.num_classes) the checkpoint was trained with.")
-    model.load_state_dict(state)
+        raise DfkdError(f"{setting} does not fit the architecture model={model.__class__.__name__}: "
+                        + "; ".join(parts) + ". " + (advice or "Choose the model (and data.num_classes) "
+                                                     "the checkpoint was trained with."))
+    model.load_state_dict(state, strict=False)  # torch fills num_batches_tracked where it is absent
     return model
 
 
@@ -83,10 +105,13 @@ TRAINER_KEY = ("accelerator", "devices", "num_nodes", "strategy", "precision")
 
 def cache_file(cache_dir: str | os.PathLike, model: DictConfig, data: DictConfig, teacher: DictConfig,
                trainer: DictConfig) -> Path:
-    """One file per architecture, data set, teacher recipe, seed and training hardware."""
+    """One file per architecture (and, for model=custom, the code of its class), data set, teacher
+    recipe, seed and training hardware."""
     key = {name: OmegaConf.to_container(node, resolve=True)
            for name, node in (("model", model), ("data", data), ("teacher", teacher))}
     key["trainer"] = {k: str(trainer.get(k)) for k in TRAINER_KEY}
+    if model.get("path"):  # model=custom: the class's code changes the teacher too
+        key["code"] = _source_digest(str(model.path))
     key["data"].pop("num_workers", None)
     for setting in ("checkpoint", "val_every_n_epochs"):
         key["teacher"].pop(setting, None)
@@ -94,9 +119,23 @@ def cache_file(cache_dir: str | os.PathLike, model: DictConfig, data: DictConfig
     return Path(cache_dir) / "teachers" / f"{model.name}-{data.name}-seed{teacher.seed}-{digest}.pt"
 
 
+def _source_digest(path: str) -> str | None:
+    """A digest of the file that defines ``package.module.Class`` (None if it cannot be read:
+    model=custom refuses such a path with its own message)."""
+    try:
+        source = Path(inspect.getsourcefile(importlib.import_module(path.rpartition(".")[0])))
+        return hashlib.sha1(source.read_bytes()).hexdigest()[:10]
+    except (ImportError, TypeError, ValueError, OSError):
+        return None
+
+
 def train_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trainer: DictConfig,
                   run_dir: Path) -> nn.Module:
     """``cfg`` is conf/teacher, ``trainer`` conf/trainer."""
+    check(len(data.train_set) >= data.batch_size,
+          f"data={data.name} has {len(data.train_set)} training images, fewer than data.batch_size="
+          f"{data.batch_size}: the teacher would train on no batch at all (the last, incomplete batch "
+          f"is dropped). Lower data.batch_size, or add images.")
     log.info("Training the teacher on the real train split (%d images, %d epochs): this is the only "
              "stage of a data-free run that touches training data.", len(data.train_set), cfg.epochs)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -127,23 +166,53 @@ def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tra
         return teacher, info
     facts = cache.with_suffix(".json")
     if cache.is_file():
-        teacher = freeze(load_weights(model, cache))
+        teacher = freeze(load_weights(
+            model, cache, setting=f"The cached teacher {cache}",
+            advice=f"It was trained with another version of this architecture's code. Delete it "
+                   f"(rm {cache}) and run again to train a new one."))
         known = json.loads(facts.read_text()) if facts.is_file() else {}
         if "acc" not in known:
             known = {**known, **evaluate(teacher, data, device, channels_last=nhwc)}
             _write_atomically(facts, lambda tmp: tmp.write_text(json.dumps(known)))
         log.info("Teacher from the cache: %s, test accuracy %.2f%%", cache, 100 * known["acc"])
         return teacher, {"source": str(cache), "cached": True, **known}
+    _check_writable(cache.parent)  # before hours of training, not after
     train_teacher(model, cfg, data, trainer, run_dir)
     teacher = freeze(model)
     known = {**evaluate(teacher, data, device, channels_last=nhwc), "train_seconds": time.perf_counter() - start}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    # atomic: an interrupted run never leaves a half-written teacher
-    _write_atomically(cache, lambda tmp: torch.save(teacher.state_dict(), tmp))
-    _write_atomically(facts, lambda tmp: tmp.write_text(json.dumps(known)))
+    chance = 1.0 / data.num_classes
+    if known["acc"] < 2 * chance:  # a teacher at chance is never cached as a result
+        kept = Path(run_dir) / "teacher_rejected.pt"
+        torch.save(teacher.state_dict(), kept)
+        raise DfkdError(
+            f"The teacher trained to {100 * known['acc']:.1f}% test accuracy, about chance for "
+            f"{data.num_classes} classes ({100 * chance:.0f}%): it was not cached (its weights are in "
+            f"{kept}). Lower teacher.optimizer.lr (now {cfg.optimizer.get('lr')}), train longer "
+            f"(teacher.epochs={cfg.epochs}), or check the data (data.root, data.num_classes).")
+    try:  # atomic: an interrupted run never leaves a half-written teacher
+        _write_atomically(cache, lambda tmp: torch.save(teacher.state_dict(), tmp))
+        _write_atomically(facts, lambda tmp: tmp.write_text(json.dumps(known)))
+    except OSError as err:
+        kept = Path(run_dir) / "teacher.pt"
+        torch.save(teacher.state_dict(), kept)
+        log.warning("The teacher could not be cached in %s (%s); it is kept in %s: reuse it with "
+                    "teacher.checkpoint=%s", cache.parent, err, kept, kept)
+        return teacher, {"source": str(kept), "cached": False, **known}
     log.info("Teacher trained in %.0f s: test accuracy %.2f%%; cached at %s", known["train_seconds"],
              100 * known["acc"], cache)
     return teacher, {"source": str(cache), "cached": False, **known}
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise DfkdError(f"The teacher cache {folder} is not writable ({err.strerror}): a teacher "
+                        f"trained now could not be kept. Set DFKD_CACHE_DIR (or paths.cache_dir) to a "
+                        f"writable folder.") from err
 
 
 def _write_atomically(path: Path, write) -> None:

@@ -83,13 +83,33 @@ def test_checkpoint_that_does_not_fit_lists_the_differences(make_cfg, tmp_path):
     assert "shape mismatch" in str(err.value) and "features.0.weight" in str(err.value)
 
 
-def test_unreadable_checkpoint_names_the_setting(tmp_path):
+@pytest.mark.parametrize("make,says", [
+    (lambda p: p.write_bytes(b"not a checkpoint at all"), "is not a file torch.save wrote"),
+    (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+    (lambda p: p.mkdir(), "is a folder, not a file"),
+    (lambda p: torch.save(DigitsCNN(width=16), p), "holds Python objects beyond tensors"),
+    (lambda p: torch.save({"weights": [1, 2]}, p), "neither a state dict"),
+    (lambda p: None, "does not exist"),
+])
+def test_unreadable_checkpoints_say_what_is_wrong_and_how_to_save_one(tmp_path, make, says):
     from dfkd.teacher import load_weights
 
-    path = tmp_path / "garbage.pt"
-    path.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(DfkdError, match=r"teacher\.checkpoint=.*could not be read"):
+    path = tmp_path / "teacher.pt"
+    make(path)
+    with pytest.raises(DfkdError, match=r"teacher\.checkpoint=.*" + says) as err:
         load_weights(DigitsCNN(width=16), path)
+    if "exist" not in says and "folder" not in says:
+        assert "torch.save(model.state_dict(), PATH)" in str(err.value)
+
+
+def test_a_checkpoint_from_an_older_torch_without_num_batches_tracked_loads(tmp_path):
+    from dfkd.teacher import load_weights
+
+    net = DigitsCNN(width=16)
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pt")
+    loaded = load_weights(DigitsCNN(width=16), tmp_path / "old.pt")
+    assert torch.equal(loaded.features[0].weight, net.features[0].weight)
 
 
 def test_a_fitting_checkpoint_with_wrappers_loads(make_cfg, tmp_path):

@@ -33,16 +33,16 @@ def test_report_averages_seeds_and_draws_the_plot(tmp_path, caplog):
 
     rows = {(r["recovery"], r["pruning_ratio"]): r for r in report.summarize(report.collect(tmp_path))}
     assert len(rows) == 3
-    dfkd90 = rows[("dream_kd", 0.9)]
-    assert dfkd90["seeds"] == [0, 1]
-    assert dfkd90["recovered"][0] == pytest.approx(0.95)
-    assert dfkd90["recovered"][1] == pytest.approx(0.0141421, rel=1e-4)   # sample std of .96, .94
-    assert dfkd90["teacher"][0] == pytest.approx(0.98)
-    assert dfkd90["recovery_pct"][0] == pytest.approx((0.96 / 0.99 + 0.94 / 0.97) / 2)
+    dream90 = rows[("dream_kd", 0.9)]
+    assert dream90["seeds"] == [0, 1]
+    assert dream90["recovered"][0] == pytest.approx(0.95)
+    assert dream90["recovered"][1] == pytest.approx(0.0141421, rel=1e-4)   # sample std of .96, .94
+    assert dream90["teacher"][0] == pytest.approx(0.98)
+    assert dream90["recovery_pct"][0] == pytest.approx((0.96 / 0.99 + 0.94 / 0.97) / 2)
     assert rows[("noise_kd", 0.9)]["recovered"] == (pytest.approx(0.80), 0.0)
 
     text = target.read_text()
-    assert "| DigitsCNN | digits | 0.90 l1 | dfkd | - | 300 x 128 | 0,1 | 98.00 ± 1.41 |" in text
+    assert "| DigitsCNN | digits | 0.90 l1 | dream_kd | - | 300 x 128 | 0,1 | 98.00 ± 1.41 |" in text
     png = (tmp_path / "accuracy-vs-sparsity.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
 

@@ -115,3 +115,26 @@ def test_cifar_reader_on_a_tiny_copy(tmp_path, monkeypatch):
     x, y = next(iter(dm.test_dataloader()))
     assert x.shape == (20, 3, 32, 32) and x.dtype == torch.uint8 and sorted(set(y.tolist())) == list(range(10))
     assert dm.mean == (0.4914, 0.4822, 0.4465)
+
+
+def test_validation_split_is_carved_from_train_fixed_and_disjoint():
+    from dfkd.data import DigitsDataModule
+
+    def sizes_and_val(**kwargs):
+        dm = DigitsDataModule(val_size=200, **kwargs)
+        return len(dm.train_set), len(dm.val_set), dm.val_set.indices, dm.train_set.indices
+
+    n_train, n_val, val, train = sizes_and_val()
+    assert (n_train, n_val) == (1347 - 200, 200) and not set(val) & set(train)
+    assert sizes_and_val()[2] == val                        # the same images every run
+    assert sizes_and_val(split_seed=1)[2] != val            # another seed, another choice
+    dm = DigitsDataModule(val_size=200)
+    assert len(dm.val_dataloader().dataset) == 200          # curves are drawn on validation
+    assert len(DigitsDataModule().val_dataloader().dataset) == 450  # without one, on test
+
+
+def test_a_validation_split_larger_than_train_is_refused():
+    from dfkd.data import DigitsDataModule
+
+    with pytest.raises(DfkdError, match=r"data\.val_size=5000 leaves no training images"):
+        DigitsDataModule(val_size=5000).train_set

@@ -12,7 +12,9 @@ import copy
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from dfkd.errors import check
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
@@ -33,22 +35,24 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
 
 
 class ImageDataModule(L.LightningDataModule):
-    """A labelled image data set with a train and a test split.
+    """A labelled image data set with a train and a test split, and optionally a validation split
+    carved from the train split (``val_size`` images, a fixed random choice by ``split_seed``):
+    where settings are chosen, on validation; what is reported, on test.
 
-    Subclasses fill ``train_set`` and ``test_set`` with (image, label) pairs, images either uint8
-    pixels (C, H, W) or tensors already normalized, and set ``mean``/``std`` (per channel, the
-    normalization applied to every image), so that synthesizers know the valid pixel range.
-    ``hflip`` says whether a left-right mirror image is still an image of the same class
-    (photos: yes; digits, text: no): train-time augmentation and the dreams follow it.
+    Subclasses check their files in ``setup`` and read a whole split in ``read("train"|"test")``
+    as (image, label) pairs, images either uint8 pixels (C, H, W) or tensors already normalized;
+    each split is read when first used. They set ``mean``/``std`` (per channel, the normalization
+    applied to every image), so that synthesizers know the valid pixel range. ``hflip`` says
+    whether a left-right mirror image is still an image of the same class (photos: yes; digits,
+    text: no): train-time augmentation and the dreams follow it.
     """
-
-    train_set: Dataset | None = None  # filled by setup()
-    test_set: Dataset | None = None
 
     def __init__(self, name: str, num_classes: int, in_channels: int, image_size: int,
                  batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0,
-                 hflip: bool = True, augment: bool = False, crop_padding: int = 4) -> None:
+                 hflip: bool = True, augment: bool = False, crop_padding: int = 4, val_size: int = 0,
+                 split_seed: int = 0) -> None:
         super().__init__()
+        check(int(val_size) >= 0, f"data.val_size={val_size} must be 0 (no validation split) or more.")
         self.name = name
         self.hflip = bool(hflip)
         self.augment, self.crop_padding = bool(augment), int(crop_padding)
@@ -58,8 +62,44 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
+        self.val_size, self.split_seed = int(val_size), int(split_seed)
         self.mean: tuple[float, ...] = (0.0,) * in_channels
         self.std: tuple[float, ...] = (1.0,) * in_channels
+        self._splits: dict[str, Dataset | None] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Check the files (subclasses); reading waits until a split is used."""
+
+    def read(self, split: str) -> Dataset:
+        """The whole ``split`` ("train" or "test") as (image, label) pairs."""
+        raise NotImplementedError
+
+    def _split(self, name: str) -> Dataset | None:
+        if name not in self._splits:
+            self.setup()
+            if name == "test":
+                self._splits["test"] = self.read("test")
+            else:
+                whole = self.read("train")
+                check(self.val_size < len(whole),
+                      f"data.val_size={self.val_size} leaves no training images: the train split of "
+                      f"data={self.name} has {len(whole)}.")
+                order = torch.randperm(len(whole), generator=torch.Generator().manual_seed(self.split_seed))
+                self._splits["train"] = Subset(whole, order[self.val_size:].tolist()) if self.val_size else whole
+                self._splits["val"] = Subset(whole, order[:self.val_size].tolist()) if self.val_size else None
+        return self._splits[name]
+
+    @property
+    def train_set(self) -> Dataset:
+        return self._split("train")
+
+    @property
+    def val_set(self) -> Dataset | None:
+        return self._split("val")
+
+    @property
+    def test_set(self) -> Dataset:
+        return self._split("test")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -101,10 +141,7 @@ class ImageDataModule(L.LightningDataModule):
         other.batch_size = int(batch_size)
         return other
 
-    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
-        if dataset is None:
-            self.setup()
-            dataset = self.train_set if train else self.test_set
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size,
                           shuffle=train, drop_last=train, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
@@ -116,5 +153,12 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.test_set, train=False)
 
     def val_dataloader(self) -> DataLoader:
-        # Curves during training are drawn on the test split; nothing is selected on it.
-        return self.test_dataloader()
+        """The curve during training: on the validation split when there is one, else on the test
+        split (a curve to watch; nothing is chosen on it)."""
+        return self._loader(self.val_set if self.val_size else self.test_set, train=False)
+
+    def loader(self, split: str) -> DataLoader:
+        """The evaluation loader of ``split`` ("test" or "val")."""
+        check(split in ("test", "val") and (split == "test" or self.val_size),
+              f"There is no {split} split to evaluate on (data.val_size={self.val_size}).")
+        return self._loader(self.test_set if split == "test" else self.val_set, train=False)

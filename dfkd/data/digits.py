@@ -17,7 +17,7 @@ class DigitsDataModule(ImageDataModule):
 
     def __init__(self, name: str = "digits", num_classes: int = 10, in_channels: int = 1, image_size: int = 8,
                  test_fraction: float = 0.25, split_seed: int = 0, **kwargs) -> None:
-        super().__init__(name, num_classes, in_channels, image_size, **kwargs)
+        super().__init__(name, num_classes, in_channels, image_size, split_seed=split_seed, **kwargs)
         check(0.0 < test_fraction < 1.0,
               f"data.test_fraction={test_fraction} must lie strictly between 0 and 1.")
         images, labels = load_digits(return_X_y=True)
@@ -31,14 +31,8 @@ class DigitsDataModule(ImageDataModule):
         self.mean, self.std = (float(x_train.mean()),), (float(x_train.std()),)
         self._arrays = (x_train, y_train, x_test, y_test)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def read(self, split: str) -> TensorDataset:
         x_train, y_train, x_test, y_test = self._arrays
-
-        def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
-            x = torch.tensor((x - self.mean[0]) / self.std[0], dtype=torch.float32)
-            return TensorDataset(x.view(-1, 1, 8, 8), torch.tensor(y, dtype=torch.long))
-
-        self.train_set = tensors(x_train, y_train)
-        self.test_set = tensors(x_test, y_test)
+        x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
+        x = torch.tensor((x - self.mean[0]) / self.std[0], dtype=torch.float32)
+        return TensorDataset(x.view(-1, 1, 8, 8), torch.tensor(y, dtype=torch.long))

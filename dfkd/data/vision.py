@@ -59,7 +59,6 @@ class _VisionDataModule(ImageDataModule):
         step = size / self.train_subset
         return [int(i * step) for i in range(self.train_subset)]
 
-
     def _check_classes(self, found: int) -> None:
         check(found == self.num_classes,
               f"data={self.name} at {self.root} has {found} classes, but data.num_classes="
@@ -74,9 +73,10 @@ class CIFARDataModule(_VisionDataModule):
         super().__init__(name, root, **kwargs)
         self.download = download
         self._dataset = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+        self._read_splits: dict = {}
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
+        if self._read_splits:
             return
         try:
             train = self._dataset(str(self.root), train=True, download=self.download)
@@ -90,16 +90,16 @@ class CIFARDataModule(_VisionDataModule):
                 f"for an ImageFolder tree (train/ and test/ with a folder per class) use "
                 f"data=image_folder data.root=PATH.") from err
         self._check_classes(len(train.classes))
+        self._read_splits = {"train": train, "test": test}
 
-        def in_memory(split, keep: list[int] | None) -> TensorDataset:
-            images = torch.from_numpy(split.data).permute(0, 3, 1, 2)  # NHWC -> NCHW
-            labels = torch.tensor(split.targets, dtype=torch.long)
-            if keep is not None:
-                images, labels = images[keep], labels[keep]
-            return TensorDataset(resize(images.contiguous(), self.image_size), labels)
-
-        self.train_set = in_memory(train, self._subset(len(train)))
-        self.test_set = in_memory(test, None)
+    def read(self, split: str) -> TensorDataset:
+        found = self._read_splits[split]
+        images = torch.from_numpy(found.data).permute(0, 3, 1, 2)  # NHWC -> NCHW
+        labels = torch.tensor(found.targets, dtype=torch.long)
+        keep = self._subset(len(images)) if split == "train" else None
+        if keep is not None:
+            images, labels = images[keep], labels[keep]
+        return TensorDataset(resize(images.contiguous(), self.image_size), labels)
 
 
 class _DecodedFolder(Dataset):
@@ -130,15 +130,14 @@ class _DecodedFolder(Dataset):
 
 class ImageFolderDataModule(_VisionDataModule):
     """``root``/train/<class>/*.jpg and ``root``/test/<class>/*.jpg (torchvision ImageFolder).
-    ``in_memory``: decode each split once, when it is first used (a run with a cached teacher
-    never decodes the train split)."""
+    ``in_memory``: decode each split once into one tensor, when it is first used (a run with a
+    cached teacher never decodes the train split); false: decode image by image, every epoch."""
 
     def __init__(self, name: str = "image_folder", root: str = "data/images", train_dir: str = "train",
                  test_dir: str = "test", in_memory: bool = True, **kwargs) -> None:
         super().__init__(name, root, **kwargs)
         self.train_dir, self.test_dir, self.in_memory = train_dir, test_dir, bool(in_memory)
         self._folders: dict[str, _DecodedFolder] = {}
-        self._decoded: dict[str, Dataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self._folders:
@@ -163,25 +162,13 @@ class ImageFolderDataModule(_VisionDataModule):
         self._folders = {split: _DecodedFolder(f, self.in_channels, self.image_size)
                          for split, f in found.items()}
 
-    def _split(self, split: str) -> Dataset | None:
-        if not self._folders:
-            return None
-        if split not in self._decoded:
-            folder = self._folders[split]
-            keep = self._subset(len(folder)) if split == "train" else None
-            if self.in_memory:
-                start = time.perf_counter()
-                self._decoded[split] = folder.decode(keep)
-                log.info("Decoded the %s split of %s into memory: %d images in %.1f s.", split,
-                         self.root, len(self._decoded[split]), time.perf_counter() - start)
-            else:
-                self._decoded[split] = folder if keep is None else Subset(folder, keep)
-        return self._decoded[split]
-
-    @property
-    def train_set(self) -> Dataset | None:
-        return self._split("train")
-
-    @property
-    def test_set(self) -> Dataset | None:
-        return self._split("test")
+    def read(self, split: str) -> Dataset:
+        folder = self._folders[split]
+        keep = self._subset(len(folder)) if split == "train" else None
+        if not self.in_memory:
+            return folder if keep is None else Subset(folder, keep)
+        start = time.perf_counter()
+        decoded = folder.decode(keep)
+        log.info("Decoded the %s split of %s into memory: %d images in %.1f s.", split, self.root,
+                 len(decoded), time.perf_counter() - start)
+        return decoded

@@ -109,12 +109,13 @@ def temporarily_frozen(model: nn.Module | None) -> Iterator[None]:
     if model is None:
         yield
         return
-    training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each layer's own (a frozen BN stays so)
     flags = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)
     try:
         yield
     finally:
-        model.train(training)
+        for m, training in modes:
+            m.training = training
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)

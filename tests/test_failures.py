@@ -1,0 +1,89 @@
+"""Bad input and bad figures: each ends in one paragraph that names the setting to change, before
+expensive work where the setting allows, with nothing finished lost; figures that are bad are said
+loudly, never written down as an ordinary result."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dfkd.errors import DfkdError
+from dfkd.run import run
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fewer_training_images_than_a_batch_is_refused(make_cfg, image_tree, tmp_path):
+    cfg = make_cfg("data=image_folder", f"data.root={image_tree}", "data.num_classes=3",
+                   "data.batch_size=32", f"paths.cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(DfkdError, match=r"18 training images, fewer than data\.batch_size=32"):
+        run(cfg)
+    assert not list((tmp_path / "cache").rglob("*.pt"))
+
+
+def test_a_teacher_at_chance_is_not_cached_and_its_weights_are_kept(make_cfg, tmp_path):
+    cfg = make_cfg("teacher.optimizer.lr=10", "teacher.epochs=3", f"paths.cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(DfkdError, match=r"about chance.*not cached.*teacher\.optimizer\.lr"):
+        run(cfg)
+    assert not list((tmp_path / "cache").rglob("*.pt"))
+    assert (tmp_path / "teacher_rejected.pt").is_file()
+
+
+def test_an_unwritable_teacher_cache_is_refused_before_training(make_cfg, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    cfg = make_cfg(f"paths.cache_dir={blocker / 'cache'}")
+    with pytest.raises(DfkdError, match=r"teacher cache .* is not writable.*DFKD_CACHE_DIR"):
+        run(cfg)
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("lr", ["100", "1e6"])
+def test_an_exploding_recovery_is_refused_or_reported_loudly(make_cfg, lr):
+    """A loss that overflows stops the run; one that stays finite but wrecks the student is a
+    warning in results.json and the table (either way, never an ordinary result)."""
+    cfg = make_cfg(f"recovery.optimizer.lr={lr}", "recovery.gradient_clip_val=null", "recovery.steps=20")
+    try:
+        results = run(cfg)
+    except DfkdError as err:
+        assert "diverged" in str(err) and "recovery.optimizer.lr" in str(err)
+    else:
+        assert any(w.startswith("Recovery") for w in results["warnings"]), results["recovered"]
+
+
+def test_dreams_the_teacher_does_not_recognize_are_reported_loudly(make_cfg):
+    results = run(make_cfg("synthesis.synthesizer.lr_generator=1e6", "recovery.steps=20"))
+    assert any("recognizes only" in w for w in results["warnings"]), results["synthesis"]
+
+
+def test_a_healthy_run_has_no_warning(make_cfg):
+    assert run(make_cfg("recovery.steps=20"))["warnings"] == []
+
+
+def _cli(tmp_path, *args):
+    env = {**os.environ, "DFKD_CACHE_DIR": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, "-m", "dfkd.run", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+
+
+def test_errors_reach_run_log_and_a_non_number_seed_is_named(tmp_path):
+    folder = tmp_path / "run"
+    proc = _cli(tmp_path, "seed=abc", "logger=none", f"hydra.run.dir={folder}")
+    assert proc.returncode == 2 and "dfkd: error: seed='abc' must be a whole number" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "seed='abc' must be a whole number" in (folder / "run.log").read_text()
+
+
+def test_refusing_to_resume_a_finished_run_leaves_its_folder_alone(tmp_path):
+    folder = tmp_path / "done"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("- recovery=none\n")
+    (folder / "results.json").write_text(json.dumps({"finished": True}))
+    before = sorted(p.name for p in folder.rglob("*"))
+    proc = _cli(tmp_path, f"resume={folder}")
+    assert proc.returncode == 2 and "has finished" in proc.stderr
+    assert sorted(p.name for p in folder.rglob("*")) == before
