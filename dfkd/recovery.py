@@ -83,7 +83,9 @@ class Recovery:
                 "bn_statistics": "train" if self.student_bn == "train" else "frozen"}
 
     def source(self, teacher: nn.Module, student: nn.Module, data: ImageDataModule, seed: int,
-               out: Path) -> tuple[L.LightningDataModule, list[Callback]]:
+               out: Path, curve: bool = True) -> tuple[L.LightningDataModule, list[Callback]]:
+        """The batches to train on, and callbacks that watch them. ``curve``: an accuracy curve on
+        real images (off in strict data-free mode)."""
         raise NotImplementedError
 
     def calibration_batches(self, source: L.LightningDataModule, data: ImageDataModule,
@@ -98,12 +100,13 @@ class Recovery:
     # -- the run -----------------------------------------------------------------------------
     def recover(self, teacher: nn.Module, student: nn.Module, data: ImageDataModule, trainer: DictConfig,
                 logger, out: Path, seed: int = 0, resume: bool = False, callbacks: list[Callback] = (),
-                checkpoints: bool = True) -> dict:
+                checkpoints: bool = True, real_data: bool = True) -> dict:
         """Train ``student`` in place; return what the recovery cost (and, for dreams, how good
-        they were). ``trainer`` is conf/trainer; ``resume`` goes on from out/checkpoints/last.ckpt."""
+        they were). ``trainer`` is conf/trainer; ``resume`` goes on from out/checkpoints/last.ckpt;
+        ``real_data=False`` (strict data-free mode): no accuracy curve on real images."""
         out = Path(out)
         module = self.module(teacher, student, data.num_classes, trainer.channels_last)
-        source, own = self.source(teacher, student, data, seed, out)
+        source, own = self.source(teacher, student, data, seed, out, curve=real_data)
         if checkpoints:
             own.append(ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
                                        every_n_train_steps=self.val_every_n_steps))
@@ -137,7 +140,7 @@ class RealKD(Recovery):
 
     uses_real_data = True
 
-    def source(self, teacher, student, data, seed, out):
+    def source(self, teacher, student, data, seed, out, curve=True):
         log.info("recovery=%s uses the real train split.", self.name)
         return data.with_batch_size(self.batch_size), []
 
@@ -184,11 +187,11 @@ class SyntheticKD(Recovery):
         return self.synthesizer(teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
                                 pixel_bounds=data.pixel_bounds(), seed=seed)
 
-    def source(self, teacher, student, data, seed, out):
+    def source(self, teacher, student, data, seed, out, curve=True):
         synthesizer = self.make_synthesizer(teacher, data, seed)
         synthesizer.student = student  # for terms that look at student-teacher disagreement (ADI)
-        stream = SyntheticDataModule(synthesizer, kd_batch_size=self.batch_size,
-                                     steps_per_epoch=self.val_every_n_steps, seed=seed, real=data, **self.pool)
+        stream = SyntheticDataModule(synthesizer, kd_batch_size=self.batch_size, steps_per_epoch=self.val_every_n_steps,
+                                     seed=seed, real=data if curve else None, **self.pool)
         return stream, [SynthesisMonitor(data.denormalize, out / "synthetic", self.grid_every)]
 
     def calibration_batches(self, source, data, device):

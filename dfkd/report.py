@@ -6,6 +6,8 @@ import json
 import logging
 from pathlib import Path
 
+from dfkd.evaluate import near_chance
+
 log = logging.getLogger(__name__)
 
 
@@ -32,16 +34,17 @@ def warnings(results: dict, num_classes: int) -> list[str]:
     """What makes a run's figures bad, in words: said loudly in the log, the table and
     results.json, never written down as an ordinary result."""
     found = []
-    chance = 1.0 / num_classes
     teacher, pruned, recovered = results["teacher"], results["pruned"], results["recovered"]
     syn = results.get("synthesis") or {}
-    if teacher["acc"] < 2 * chance:
+    if "acc" not in recovered:  # strict data-free mode: judged on held-out dreams
+        if results["config"].get("recovery") != "none" and recovered["dream_agreement"] < 0.5:
+            found.append(f"The student agrees with its teacher on only {100 * recovered['dream_agreement']:.1f}% "
+                         f"of the held-out dreams: recovery failed.")
+        return found + _dream_warning(syn)
+    if near_chance(teacher["acc"], num_classes):
         found.append(f"The teacher is near chance ({100 * teacher['acc']:.1f}% for {num_classes} classes): "
                      f"nothing distilled from it can be better. Check teacher.checkpoint and the data.")
-    if syn.get("synthesizer") not in (None, "Noise") and syn.get("target_acc", 1.0) < 0.5:
-        found.append(f"The teacher recognizes only {100 * syn['target_acc']:.0f}% of the dreams as their "
-                     f"target class: the synthesis is not working. Lower synthesis.synthesizer.bn_weight, "
-                     f"raise its warmup_steps or g_steps, or lower its learning rates.")
+    found += _dream_warning(syn)
     if results["config"].get("recovery") != "none":
         if recovered["acc"] < pruned["acc"] - 0.01:
             found.append(f"Recovery made the student worse ({100 * pruned['acc']:.1f}% -> "
@@ -52,6 +55,14 @@ def warnings(results: dict, num_classes: int) -> list[str]:
                          f"{100 * recovered['agreement']:.1f}% of the test images. Lower "
                          f"recovery.optimizer.lr, set recovery.gradient_clip_val, or recover longer.")
     return found
+
+
+def _dream_warning(syn: dict) -> list[str]:
+    if syn.get("synthesizer") not in (None, "Noise") and syn.get("target_acc", 1.0) < 0.5:
+        return [f"The teacher recognizes only {100 * syn['target_acc']:.0f}% of the dreams as their target "
+                f"class: the synthesis is not working. Lower synthesis.synthesizer.bn_weight, raise its "
+                f"warmup_steps or g_steps, or lower its learning rates."]
+    return []
 
 
 def table(results: dict) -> str:
@@ -66,8 +77,10 @@ def table(results: dict) -> str:
             (f"recovered ({cfg['recovery']})", results["recovered"])]
     lines = [f"{'':28s}{'accuracy':>10s}{'agreement':>11s}{'sparsity':>10s}"]
     for name, r in rows:
-        lines.append(f"{name:28s}{pct(r.get('acc')):>10s}{pct(r.get('agreement')):>11s}"
-                     f"{pct(r.get('sparsity')):>10s}")
+        agreement = r.get("agreement", r.get("dream_agreement"))
+        lines.append(f"{name:28s}{pct(r.get('acc')):>10s}{pct(agreement):>11s}{pct(r.get('sparsity')):>10s}")
+    if not results.get("real_data_read", True):
+        lines.append("strict data-free: no real data was read; agreement is measured on held-out dreams")
     times = ", ".join(f"{k} {v:.1f} s" for k, v in results["times"].items())
     lines.append(f"wall time: {times}")
     syn = results.get("synthesis") or {}

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from dfkd import loggers, pruning, report, rundir, trainer
 from dfkd.config import build, refuse_missing
 from dfkd.errors import DfkdError, check
-from dfkd.evaluate import evaluate
+from dfkd.evaluate import Judge, held_out_dreams
 from dfkd.teacher import build_model, cache_file, obtain_teacher
 
 log = logging.getLogger("dfkd")
@@ -49,39 +49,43 @@ def run(cfg: DictConfig) -> dict:
     refuse_missing(cfg)
     check(isinstance(cfg.seed, int), f"seed={cfg.seed!r} must be a whole number (e.g. seed=0).")
     trainer.validate(cfg.trainer)
+    strict = bool(cfg.get("strict_data_free"))
     data = build(cfg.data, "data")
-    data.setup()
+    recovery = build(cfg.recovery, "recovery")
+    if strict:
+        refuse_real_data(cfg, data, recovery)
+    else:
+        data.setup()
     model = build_model(cfg.model, cfg.teacher.seed)
     prune = build(cfg.pruning, "pruning")
-    recovery = build(cfg.recovery, "recovery")
     recovery.validate(model, data, cfg.seed)
     device, nhwc, times = trainer.device_of(cfg.trainer), cfg.trainer.channels_last, Stopwatch()
     logger = loggers.build_logger(cfg)
     try:
         with times("teacher"):
             cache = cache_file(cfg.paths.cache_dir, cfg.model, cfg.data, cfg.teacher, cfg.trainer)
-            teacher, teacher_info = obtain_teacher(model, cfg.teacher, data, cfg.trainer, cache, out)
+            teacher, teacher_info = obtain_teacher(model, cfg.teacher, data, cfg.trainer, cache, out,
+                                                   evaluate_it=not strict)
+        with times("evaluate"):
+            dreams = (held_out_dreams(build(cfg.synthesis.synthesizer, "synthesis.synthesizer"), teacher, data,
+                                      cfg.seed, cfg.strict_data_free_images) if strict else None)
+            judge = Judge(data, device, nhwc, dreams)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         with times("prune"):
             student = prune(copy.deepcopy(teacher).requires_grad_(True).train())
         with times("evaluate"):
-            pruned = {**evaluate(student, data, device, teacher, channels_last=nhwc),
-                      "sparsity": pruning.sparsity(student)["overall"]}
-        log.info("Pruned to %.2f%% sparsity (%s): test accuracy %.2f%% (teacher %.2f%%)",
-                 100 * pruned["sparsity"], prune.describe(), 100 * pruned["acc"], 100 * teacher_info["acc"])
+            pruned = {**judge(student, teacher), "sparsity": pruning.sparsity(student)["overall"]}
+        log.info("Pruned to %.2f%% sparsity (%s): %s", 100 * pruned["sparsity"], prune.describe(), headline(pruned))
         with times("recover"):
             synthesis = recovery.recover(teacher, student, data, cfg.trainer, logger, out, seed=cfg.seed,
-                                         resume=bool(cfg.get("resume")))
+                                         resume=bool(cfg.get("resume")), real_data=not strict)
         student = pruning.make_permanent(student.cpu())
         with times("evaluate"):
-            kept = pruning.check_kept(student, prune.ratio)
-            recovered = {**evaluate(student, data, device, teacher, channels_last=nhwc), "sparsity": kept}
-            if data.val_size:  # what experiments choose settings on
-                recovered["val_acc"] = evaluate(student, data, device, split="val")["acc"]
-        log.info("Recovered (%s): test accuracy %.2f%%, agreement with the teacher %.2f%%", recovery.name,
-                 100 * recovered["acc"], 100 * recovered["agreement"])
+            recovered = {**judge(student, teacher, validation=True),
+                         "sparsity": pruning.check_kept(student, prune.ratio)}
+        log.info("Recovered (%s): %s", recovery.name, headline(recovered))
         results = {
-            "teacher": teacher_info, "pruned": pruned, "recovered": recovered,
+            "teacher": teacher_info, "pruned": pruned, "recovered": recovered, "real_data_read": not strict,
             "config": {"model": cfg.model.name, "data": cfg.data.name, **prune.settings(),
                        **recovery.settings(), "synthesis": synthesis.get("synthesizer"), "seed": cfg.seed},
             "synthesis": synthesis, "sparsity_layers": pruning.sparsity(student)["layers"],
@@ -98,6 +102,22 @@ def run(cfg: DictConfig) -> dict:
         return results
     finally:
         loggers.finish(logger)
+
+
+def headline(found: dict) -> str:
+    if "acc" in found:
+        return f"test accuracy {100 * found['acc']:.2f}%, agreement with the teacher {100 * found['agreement']:.2f}%"
+    return f"agreement with the teacher on held-out dreams {100 * found['dream_agreement']:.2f}%"
+
+
+def refuse_real_data(cfg: DictConfig, data, recovery) -> None:
+    """strict_data_free=true: the run opens no real data at all; refuse what would need it."""
+    check(bool(cfg.teacher.checkpoint), "strict_data_free=true needs teacher.checkpoint=PATH: without "
+          "it the teacher would be trained on real data.")
+    check(not recovery.uses_real_data, f"strict_data_free=true cannot run recovery={recovery.name}, which "
+          f"trains on the real train split; use recovery=dream_kd (or noise_kd).")
+    check(data.normalization_given, "strict_data_free=true needs the normalization the teacher was "
+          "trained with, since no data may be read to measure it: set data.mean=[...] and data.std=[...].")
 
 
 def say(message: str) -> None:
@@ -129,7 +149,8 @@ def main(cfg: DictConfig) -> float | None:
         torch.distributed.destroy_process_group()
     if rank_zero_only.rank == 0:
         print(report.table(results), flush=True)  # last, after the logger's own closing lines
-    return results["recovered"]["acc"]  # what a Hydra sweeper would optimize
+    recovered = results["recovered"]
+    return recovered.get("acc", recovered.get("dream_agreement"))  # what a Hydra sweeper would optimize
 
 
 def cli() -> None:

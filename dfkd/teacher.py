@@ -22,7 +22,7 @@ from torch import nn
 from dfkd.config import build
 from dfkd.data import ImageDataModule
 from dfkd.errors import DfkdError, check
-from dfkd.evaluate import evaluate
+from dfkd.evaluate import evaluate, near_chance
 from dfkd.modules import ClassifierModule, freeze
 from dfkd.trainer import device_of, make_trainer
 
@@ -113,7 +113,7 @@ def cache_file(cache_dir: str | os.PathLike, model: DictConfig, data: DictConfig
     if model.get("path"):  # model=custom: the class's code changes the teacher too
         key["code"] = _source_digest(str(model.path))
     key["data"].pop("num_workers", None)
-    for setting in ("checkpoint", "val_every_n_epochs"):
+    for setting in ("checkpoint", "val_every_n_epochs", "min_accuracy"):  # they change no weights
         key["teacher"].pop(setting, None)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return Path(cache_dir) / "teachers" / f"{model.name}-{data.name}-seed{teacher.seed}-{digest}.pt"
@@ -152,12 +152,17 @@ def train_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trai
 
 
 def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trainer: DictConfig,
-                   cache: Path, run_dir: Path) -> tuple[nn.Module, dict]:
+                   cache: Path, run_dir: Path, evaluate_it: bool = True) -> tuple[nn.Module, dict]:
     """Weights for ``model`` from teacher.checkpoint, the cache file ``cache``, or training (then
     cached); returns the frozen teacher and what is known of it: where it came from and its test
-    accuracy (kept beside a cached teacher, so a cached teacher is not evaluated again)."""
+    accuracy (kept beside a cached teacher, so a cached teacher is not evaluated again;
+    ``evaluate_it=False``, strict data-free mode: a checkpoint is not evaluated)."""
     start = time.perf_counter()
     device, nhwc = device_of(trainer), trainer.channels_last
+    if cfg.checkpoint and not evaluate_it:
+        teacher = freeze(load_weights(model, cfg.checkpoint)).to(device)
+        log.info("Teacher from teacher.checkpoint=%s (not evaluated: strict data-free mode)", cfg.checkpoint)
+        return teacher, {"source": str(cfg.checkpoint)}
     if cfg.checkpoint:
         teacher = freeze(load_weights(model, cfg.checkpoint))
         info = {"source": str(cfg.checkpoint), **evaluate(teacher, data, device, channels_last=nhwc)}
@@ -176,19 +181,22 @@ def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tra
             _write_atomically(facts, lambda tmp: tmp.write_text(json.dumps(known)))
         log.info("Teacher from the cache: %s, test accuracy %.2f%%", cache, 100 * known["acc"])
         return teacher, {"source": str(cache), "cached": True, **known}
+    floor = cfg.get("min_accuracy")
+    check(floor is None or (isinstance(floor, (int, float)) and 0 <= floor <= 1),
+          f"teacher.min_accuracy={floor} is not a fraction: give one between 0 and 1 (0.5 for 50%), "
+          f"or null for 'not near chance'.")
     _check_writable(cache.parent)  # before hours of training, not after
     train_teacher(model, cfg, data, trainer, run_dir)
     teacher = freeze(model)
     known = {**evaluate(teacher, data, device, channels_last=nhwc), "train_seconds": time.perf_counter() - start}
-    chance = 1.0 / data.num_classes
-    if known["acc"] < 2 * chance:  # a teacher at chance is never cached as a result
-        kept = Path(run_dir) / "teacher_rejected.pt"
+    if near_chance(known["acc"], data.num_classes) if floor is None else known["acc"] < floor:
+        kept = Path(run_dir) / "teacher_rejected.pt"  # a teacher at chance is never cached
         torch.save(teacher.state_dict(), kept)
         raise DfkdError(
-            f"The teacher trained to {100 * known['acc']:.1f}% test accuracy, about chance for "
-            f"{data.num_classes} classes ({100 * chance:.0f}%): it was not cached (its weights are in "
-            f"{kept}). Lower teacher.optimizer.lr (now {cfg.optimizer.get('lr')}), train longer "
-            f"(teacher.epochs={cfg.epochs}), or check the data (data.root, data.num_classes).")
+            f"The teacher trained to {100 * known['acc']:.1f}% test accuracy ({data.num_classes} classes, "
+            f"chance {100 / data.num_classes:.0f}%, teacher.min_accuracy={floor}): it was not cached (its "
+            f"weights are in {kept}). Lower teacher.optimizer.lr (now {cfg.optimizer.get('lr')}), train "
+            f"longer (teacher.epochs={cfg.epochs}), or check the data (data.root, data.num_classes).")
     try:  # atomic: an interrupted run never leaves a half-written teacher
         _write_atomically(cache, lambda tmp: torch.save(teacher.state_dict(), tmp))
         _write_atomically(facts, lambda tmp: tmp.write_text(json.dumps(known)))

@@ -27,10 +27,19 @@ def test_fewer_training_images_than_a_batch_is_refused(make_cfg, image_tree, tmp
 
 def test_a_teacher_at_chance_is_not_cached_and_its_weights_are_kept(make_cfg, tmp_path):
     cfg = make_cfg("teacher.optimizer.lr=10", "teacher.epochs=3", f"paths.cache_dir={tmp_path / 'cache'}")
-    with pytest.raises(DfkdError, match=r"about chance.*not cached.*teacher\.optimizer\.lr"):
+    with pytest.raises(DfkdError, match=r"chance 10%.*not cached.*teacher\.optimizer\.lr"):
         run(cfg)
     assert not list((tmp_path / "cache").rglob("*.pt"))
     assert (tmp_path / "teacher_rejected.pt").is_file()
+
+
+def test_teacher_min_accuracy_sets_the_bar_and_a_percentage_is_refused(make_cfg, tmp_path):
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    with pytest.raises(DfkdError, match=r"teacher\.min_accuracy=95 is not a fraction"):
+        run(make_cfg("teacher.min_accuracy=95", cache))
+    with pytest.raises(DfkdError, match=r"teacher\.min_accuracy=0\.9999\): it was not cached"):
+        run(make_cfg("teacher.min_accuracy=0.9999", "teacher.epochs=2", cache))
+    assert not list((tmp_path / "cache").rglob("*.pt"))
 
 
 def test_an_unwritable_teacher_cache_is_refused_before_training(make_cfg, tmp_path):
@@ -87,3 +96,32 @@ def test_refusing_to_resume_a_finished_run_leaves_its_folder_alone(tmp_path):
     proc = _cli(tmp_path, f"resume={folder}")
     assert proc.returncode == 2 and "has finished" in proc.stderr
     assert sorted(p.name for p in folder.rglob("*")) == before
+
+
+def test_strict_data_free_mode_reads_no_real_data(make_cfg, image_tree, tmp_path):
+    """With data.root pointing nowhere, a strict data-free run still prunes, recovers on dreams
+    and judges the student on held-out dreams; results.json says that no real data was read."""
+    import torch
+
+    from dfkd.models.cifar import VGG16BN
+
+    checkpoint = tmp_path / "teacher.pt"
+    torch.manual_seed(0)
+    torch.save(VGG16BN(num_classes=3, width=4).state_dict(), checkpoint)
+    base = ["strict_data_free=true", "strict_data_free_images=24", "data=image_folder",
+            f"data.root={tmp_path / 'nowhere'}", "data.num_classes=3", "model=vgg16", "model.width=4",
+            "recovery.batch_size=6", "recovery.steps=4", "recovery.val_every_n_steps=2",
+            "synthesis.synthesizer.warmup_steps=2", "synthesis.synthesizer.g_steps=1"]
+    settings = [*base, "recovery.pool.batch_size=12", "recovery.pool.size=24", "recovery.pool.initial_batches=1"]
+    results = run(make_cfg(*settings, f"teacher.checkpoint={checkpoint}"))
+    assert results["real_data_read"] is False and "acc" not in results["recovered"]
+    assert 0.0 <= results["recovered"]["dream_agreement"] <= 1.0
+    assert len(results["recovered"]["dream_agreement_per_class"]) == 3
+    assert results["recovered"]["sparsity"] >= 0.9 - 1e-3 and (tmp_path / "student.pt").is_file()
+    assert not (tmp_path / "nowhere").exists()
+    with pytest.raises(DfkdError, match=r"strict_data_free=true needs teacher\.checkpoint"):
+        run(make_cfg(*settings))
+    with pytest.raises(DfkdError, match=r"cannot run recovery=real_kd"):
+        run(make_cfg(*base, f"teacher.checkpoint={checkpoint}", "recovery=real_kd"))
+    with pytest.raises(DfkdError, match=r"needs the normalization.*data\.mean"):
+        run(make_cfg("strict_data_free=true", f"teacher.checkpoint={checkpoint}"))

@@ -65,6 +65,7 @@ class ImageDataModule(L.LightningDataModule):
         self.val_size, self.split_seed = int(val_size), int(split_seed)
         self.mean: tuple[float, ...] = (0.0,) * in_channels
         self.std: tuple[float, ...] = (1.0,) * in_channels
+        self.normalization_given = True  # False: mean and std are measured on the data (setup)
         self._splits: dict[str, Dataset | None] = {}
 
     def setup(self, stage: str | None = None) -> None:
