@@ -3,6 +3,9 @@ here, and a constructor's failure comes out as a DfkdError that names the group.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+
 from omegaconf import DictConfig, OmegaConf
 
 from dfkd.errors import DfkdError, check
@@ -29,3 +32,19 @@ def refuse_missing(cfg: DictConfig) -> None:
     check(not missing, f"These settings need a value: {', '.join(missing)} (set them on the command "
           f"line, e.g. {missing[0] if missing else ''}=...). data=image_folder needs data.root=PATH; "
           f"model=custom needs model.path=package.module.Class and teacher.checkpoint=PATH.")
+
+
+def sweep_jobs(argv: list[str], limit: int = 256) -> Iterator[list[str]]:
+    """The command lines of the jobs a ``-m`` sweep will run (its comma lists and ranges expanded,
+    Hydra's own settings left out), at most ``limit``, so that each can be checked first."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given = [a for a in argv[1:] if "=" in a and not a.startswith("-") and not override_key(a).startswith("hydra")]
+    choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+               else [o.input_line] for o in OverridesParser.create().parse_overrides(given)]
+    yield from itertools.islice((list(job) for job in itertools.product(*choices)), limit)
+
+
+def override_key(override: str) -> str:
+    """``+a.b=1`` -> ``a.b``."""
+    return override.split("=", 1)[0].lstrip("+~")

@@ -15,6 +15,7 @@ LightningModule and its source of batches; adding one is one class and one YAML 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -182,6 +183,12 @@ class SyntheticKD(Recovery):
                 f"Use a teacher with BatchNorm, or a recovery that does not need it: "
                 f"recovery=noise_kd (no data) or recovery=real_kd (real data).")
         self.make_synthesizer(model, data, seed)  # its settings are checked on the architecture
+        need, free = 4 * self.pool["size"] * math.prod(data.image_shape), available_memory()
+        check(free is None or need <= free / 2,
+              f"recovery.pool.size={self.pool['size']} dreams of shape {tuple(data.image_shape)} take "
+              f"{need / 2**30:.1f} GiB, more than half of the {(free or 0) / 2**30:.1f} GiB this machine "
+              f"has free: lower recovery.pool.size (the pool is refreshed during KD; it need not hold "
+              f"every dream).")
 
     def make_synthesizer(self, teacher, data, seed):
         return self.synthesizer(teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
@@ -206,3 +213,14 @@ class SyntheticKD(Recovery):
             torch.save({"images": source.images.cpu(), "targets": source.targets.cpu(),
                         "mean": data.mean, "std": data.std}, out / name)
         return source.summary()
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux's MemAvailable; None elsewhere)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return 1024 * int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

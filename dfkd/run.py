@@ -22,11 +22,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from dfkd import loggers, pruning, report, rundir, trainer
+from dfkd import config, loggers, pruning, report, rundir, trainer
 from dfkd.config import build, refuse_missing
 from dfkd.errors import DfkdError, check
 from dfkd.evaluate import Judge, held_out_dreams
-from dfkd.teacher import build_model, cache_file, obtain_teacher
+from dfkd.teacher import build_model, cache_file, check_fits, obtain_teacher
 
 log = logging.getLogger("dfkd")
 
@@ -46,18 +46,15 @@ class Stopwatch(dict):
 def run(cfg: DictConfig) -> dict:
     """The whole pipeline for one configuration; returns (and writes) its results."""
     out = Path(cfg.paths.output_dir)
-    refuse_missing(cfg)
-    check(isinstance(cfg.seed, int), f"seed={cfg.seed!r} must be a whole number (e.g. seed=0).")
     trainer.validate(cfg.trainer)
+    data, recovery, prune = check_settings(cfg)
     strict = bool(cfg.get("strict_data_free"))
-    data = build(cfg.data, "data")
-    recovery = build(cfg.recovery, "recovery")
     if strict:
         refuse_real_data(cfg, data, recovery)
     else:
         data.setup()
     model = build_model(cfg.model, cfg.teacher.seed)
-    prune = build(cfg.pruning, "pruning")
+    check_fits(model, cfg.model.name, data)
     recovery.validate(model, data, cfg.seed)
     device, nhwc, times = trainer.device_of(cfg.trainer), cfg.trainer.channels_last, Stopwatch()
     logger = loggers.build_logger(cfg)
@@ -102,6 +99,33 @@ def run(cfg: DictConfig) -> dict:
         return results
     finally:
         loggers.finish(logger)
+
+
+def check_settings(cfg: DictConfig):
+    """The checks that need neither data nor a teacher (every job of a sweep passes them before
+    the first job starts); returns the data module (not set up), the recovery and the pruner."""
+    refuse_missing(cfg)
+    check(isinstance(cfg.seed, int), f"seed={cfg.seed!r} must be a whole number (e.g. seed=0).")
+    return build(cfg.data, "data"), build(cfg.recovery, "recovery"), build(cfg.pruning, "pruning")
+
+
+def check_sweep(argv: list[str]) -> None:
+    """``-m``: compose every job of the sweep and check its settings, so that one bad value stops
+    the sweep before its first job, not hours later."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    for job in config.sweep_jobs(argv):
+        try:
+            with initialize_config_dir(config_dir=conf, version_base="1.3"):
+                placeholder = [] if any(o.startswith("paths.output_dir=") for o in job) else [
+                    "paths.output_dir=."]  # Hydra's run folder is not made yet; nothing is written
+                check_settings(compose("config", overrides=[*job, *placeholder]))
+        except HydraException:
+            return  # an override Hydra itself refuses: it says so, in its own words, when it starts
+        except DfkdError as err:
+            raise DfkdError(f"The sweep's job `{' '.join(job)}` would fail, so no job was started: {err}") from None
 
 
 def headline(found: dict) -> str:
@@ -156,6 +180,9 @@ def main(cfg: DictConfig) -> float | None:
 def cli() -> None:
     try:
         sys.argv = rundir.resume_argv(sys.argv)
+        rundir.check_output_dir(sys.argv)
+        if "-m" in sys.argv or "--multirun" in sys.argv:
+            check_sweep(sys.argv)
     except DfkdError as err:
         print(f"dfkd: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)

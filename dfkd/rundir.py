@@ -3,13 +3,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from dfkd.config import override_key
 from dfkd.errors import DfkdError, check
 
 RESUMED = "hydra.output_subdir=.hydra/resumed"
+# What the checkpoint of a run embodies (its student, pruned from its teacher, and the pool): a
+# resume may not change these. Where the data lives may change; the budget, trainer and logger too.
+FIXED = ("model", "pruning", "data", "teacher", "recovery", "synthesis", "experiment", "seed",
+         "strict_data_free", "recovery.pool")
+MOVABLE = ("data.root", "data.num_workers", "data.download", "data.eval_batch_size")
 
 
 def refuse_finished(folder: Path) -> None:
@@ -36,4 +43,41 @@ def resume_argv(argv: list[str]) -> list[str]:
     extra = [a for a in argv[1:] if not a.startswith("resume=")]
     check("-m" not in extra and "--multirun" not in extra,
           "resume= continues one run; resume each job folder of a sweep on its own.")
+    _refuse_contradictions(folder, original, extra)
     return [argv[0], *original, *extra, f"resume='{folder}'", f"hydra.run.dir='{folder}'", RESUMED]
+
+
+def _refuse_contradictions(folder: Path, original: list[str], extra: list[str]) -> None:
+    """A resume whose new settings contradict what the checkpoint holds is refused, named."""
+    before = {override_key(o): o for o in original}
+    for override in extra:
+        key = override_key(override)
+        group = key.split(".")[0]
+        fixed = key.startswith("recovery.pool") or (
+            group in FIXED and key not in MOVABLE and not (group in ("recovery", "synthesis") and "." in key))
+        if fixed and before.get(key) != override:
+            was = before.get(key, "its default")
+            raise DfkdError(
+                f"resume={folder} goes on with the student in its checkpoint, built and pruned with the "
+                f"settings the run started with; {override} contradicts them (the run had {was}). Start "
+                f"a new run for other model, data, teacher, pruning, seed or method settings; a resume "
+                f"may change the trainer, the logger, the budget (recovery.steps, ...) and the synthesis "
+                f"weights.")
+
+
+def check_output_dir(argv: list[str]) -> None:
+    """The run (or sweep) folder can be created: refused now, not as a traceback from Hydra."""
+    for arg in argv[1:]:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and "${" not in value:
+            folder = Path(value.strip("'\"")).expanduser()
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                check(os.access(folder, os.W_OK), f"{folder} is not writable")
+            except (OSError, DfkdError) as err:
+                raise DfkdError(f"{key.lstrip('+')}={value}: the run folder cannot be written ({err}). Give "
+                                f"a folder you can write to.") from None
+            return
+    check(os.access(Path.cwd(), os.W_OK), f"Runs write into outputs/ under the current folder "
+          f"{Path.cwd()}, which is not writable: run from another folder, or set hydra.run.dir=PATH "
+          f"(hydra.sweep.dir=PATH for -m).")

@@ -40,6 +40,26 @@ def build_model(model_cfg: DictConfig, seed: int) -> nn.Module:
     return model
 
 
+def check_fits(model: nn.Module, model_name: str, data: ImageDataModule) -> None:
+    """The architecture takes the data's images and gives one logit per class: tried on two blank
+    images now, before a teacher is trained or loaded, not found deep inside training."""
+    shape = tuple(data.image_shape)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            was_training = model.training
+            logits = model.eval()(torch.zeros(2, *shape))
+            model.train(was_training)
+    except RuntimeError as err:
+        raise DfkdError(
+            f"model={model_name} cannot take data={data.name}'s images (channels, height, width = "
+            f"{shape}): {str(err).splitlines()[0]} The CIFAR architectures need 32x32 colour images "
+            f"(data=cifar10, cifar100, cifar10_jpg, or data.image_size=32); data=digits (8x8 grey) "
+            f"goes with model=digits_cnn.") from None
+    check(logits.shape == (2, data.num_classes),
+          f"model={model_name} gives {tuple(logits.shape[1:])} outputs per image but data={data.name} has "
+          f"{data.num_classes} classes: make them agree (data.num_classes, or model.kwargs for model=custom).")
+
+
 SAVE_HINT = "Save the teacher's weights with torch.save(model.state_dict(), PATH)."
 
 
@@ -181,6 +201,14 @@ def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tra
             _write_atomically(facts, lambda tmp: tmp.write_text(json.dumps(known)))
         log.info("Teacher from the cache: %s, test accuracy %.2f%%", cache, 100 * known["acc"])
         return teacher, {"source": str(cache), "cached": True, **known}
+    return _train_and_cache(model, cfg, data, trainer, cache, Path(run_dir))
+
+
+def _train_and_cache(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trainer: DictConfig,
+                     cache: Path, run_dir: Path) -> tuple[nn.Module, dict]:
+    """Train a teacher; refuse it near chance (or under teacher.min_accuracy), else cache it with
+    its accuracy (kept in the run folder if the cache cannot be written)."""
+    start = time.perf_counter()
     floor = cfg.get("min_accuracy")
     check(floor is None or (isinstance(floor, (int, float)) and 0 <= floor <= 1),
           f"teacher.min_accuracy={floor} is not a fraction: give one between 0 and 1 (0.5 for 50%), "
@@ -188,9 +216,10 @@ def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tra
     _check_writable(cache.parent)  # before hours of training, not after
     train_teacher(model, cfg, data, trainer, run_dir)
     teacher = freeze(model)
-    known = {**evaluate(teacher, data, device, channels_last=nhwc), "train_seconds": time.perf_counter() - start}
+    known = {**evaluate(teacher, data, device_of(trainer), channels_last=trainer.channels_last),
+             "train_seconds": time.perf_counter() - start}
     if near_chance(known["acc"], data.num_classes) if floor is None else known["acc"] < floor:
-        kept = Path(run_dir) / "teacher_rejected.pt"  # a teacher at chance is never cached
+        kept = run_dir / "teacher_rejected.pt"  # a teacher at chance is never cached
         torch.save(teacher.state_dict(), kept)
         raise DfkdError(
             f"The teacher trained to {100 * known['acc']:.1f}% test accuracy ({data.num_classes} classes, "
@@ -199,9 +228,9 @@ def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tra
             f"longer (teacher.epochs={cfg.epochs}), or check the data (data.root, data.num_classes).")
     try:  # atomic: an interrupted run never leaves a half-written teacher
         _write_atomically(cache, lambda tmp: torch.save(teacher.state_dict(), tmp))
-        _write_atomically(facts, lambda tmp: tmp.write_text(json.dumps(known)))
+        _write_atomically(cache.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(known)))
     except OSError as err:
-        kept = Path(run_dir) / "teacher.pt"
+        kept = run_dir / "teacher.pt"
         torch.save(teacher.state_dict(), kept)
         log.warning("The teacher could not be cached in %s (%s); it is kept in %s: reuse it with "
                     "teacher.checkpoint=%s", cache.parent, err, kept, kept)

@@ -91,9 +91,10 @@ def main() -> None:
         cfg = config(arch, "fast", args.overrides)
         data = build(cfg.data, "data")
         data.setup()
-        teacher, _ = obtain_teacher(build_model(cfg), cfg, data)
-        device = device_of(cfg.trainer)
-        teacher_acc = evaluate(teacher, data, device)["acc"]
+        cache = cache_file(cfg.paths.cache_dir, cfg.model, cfg.data, cfg.teacher, cfg.trainer)
+        teacher, info = obtain_teacher(build_model(cfg.model, cfg.teacher.seed), cfg.teacher, data,
+                                       cfg.trainer, cache, Path(cfg.paths.output_dir))
+        teacher_acc = info["acc"]
         gap = real_gap(teacher, data, cfg.recovery.pool.batch_size)
         for synthesizer in args.synthesizers.split(","):
             torch.manual_seed(cfg.seed)

@@ -17,11 +17,100 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "experiment")
 
 
-@pytest.mark.parametrize("group,option", [(g, f.stem) for g in GROUPS
-                                          for f in sorted((CONF / g).glob("*.yaml"))])
-def test_every_config_option_composes(make_cfg, group, option):
-    cfg = make_cfg(f"{group}={option}", fast=False)
-    assert cfg.data.name and cfg.recovery.name and "ratio" in cfg.pruning
+def _built(cfg, group):
+    """What the option of ``group`` makes: the object it builds, or what it decides."""
+    from dfkd.config import build
+    from dfkd.teacher import build_model
+
+    if group == "model":
+        model = build_model(cfg.model, 0)
+        shape = (1, cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
+        return type(model).__name__, tuple(model.eval()(torch.zeros(shape)).shape)
+    if group == "synthesis":
+        synth = build(cfg.synthesis.synthesizer, "synthesis")
+        return synth.func.__name__, synth.keywords.get("competition_weight", 0) > 0
+    if group == "trainer":
+        t = cfg.trainer
+        return t.accelerator, "ddp" in str(t.get("strategy", "")), t.get("num_nodes", 1)
+    if group == "teacher":
+        return cfg.teacher.label_smoothing > 0, cfg.teacher.checkpoint
+    if group == "logger":
+        return cfg.logger.get("_target_", "none").rsplit(".", 1)[-1]
+    obj = build(cfg[group], group)
+    return type(obj).__name__, getattr(obj, "name", None), getattr(obj, "method", None)
+
+
+# each option of each group, and what it must make (a new option needs a row here)
+MAKES = {
+    ("data", "digits"): ("DigitsDataModule", "digits", None),
+    ("data", "cifar10"): ("CIFARDataModule", "cifar10", None),
+    ("data", "cifar100"): ("CIFARDataModule", "cifar100", None),
+    ("data", "cifar10_jpg"): ("ImageFolderDataModule", "cifar10_jpg", None),
+    ("data", "image_folder"): ("ImageFolderDataModule", "image_folder", None),
+    ("model", "digits_cnn"): ("DigitsCNN", (1, 10)),
+    ("model", "resnet18"): ("CifarResNet", (1, 10)),
+    ("model", "resnet34"): ("CifarResNet", (1, 10)),
+    ("model", "resnet50"): ("CifarResNet", (1, 10)),
+    ("model", "mobilenetv2"): ("MobileNetV2", (1, 10)),
+    ("model", "vgg16"): ("VGG16BN", (1, 10)),
+    ("pruning", "magnitude"): ("Unstructured", None, "l1"),
+    ("pruning", "random"): ("Unstructured", None, "random"),
+    ("recovery", "dream_kd"): ("SyntheticKD", "dream_kd", None),
+    ("recovery", "noise_kd"): ("SyntheticKD", "noise_kd", None),
+    ("recovery", "real_kd"): ("RealKD", "real_kd", None),
+    ("recovery", "finetune"): ("FineTune", "finetune", None),
+    ("recovery", "none"): ("NoRecovery", "none", None),
+    ("synthesis", "fast"): ("FastSynthesizer", False),
+    ("synthesis", "deepinversion"): ("DeepInversion", False),
+    ("synthesis", "adi"): ("DeepInversion", True),
+    ("synthesis", "noise"): ("Noise", False),
+    ("teacher", "default"): (False, None),
+    ("teacher", "cifar"): (True, None),
+    ("trainer", "cpu"): ("cpu", False, 1),
+    ("trainer", "gpu"): ("gpu", False, 1),
+    ("trainer", "ddp"): ("gpu", True, 1),
+    ("trainer", "multinode"): ("gpu", True, 2),
+    ("logger", "wandb"): "WandbLogger",
+    ("logger", "csv"): "CSVLogger",
+    ("logger", "none"): "none",
+}
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+
+
+def test_every_option_has_an_expectation():
+    assert sorted(MAKES) == sorted(o for o in OPTIONS if o != ("model", "custom"))
+
+
+@pytest.mark.parametrize("group,option", sorted(MAKES))
+def test_every_config_option_makes_what_it_names(make_cfg, group, option):
+    root = ["data.root=/nonexistent"] if option == "image_folder" else []
+    if group == "model" and option != "digits_cnn":
+        root = ["data=cifar10"]  # 32x32 colour images: what the CIFAR architectures are built for
+    assert _built(make_cfg(f"{group}={option}", *root, fast=False), group) == MAKES[group, option]
+
+
+def test_an_architecture_that_cannot_take_the_images_is_refused_before_training(make_cfg, tmp_path):
+    cfg = make_cfg("model=vgg16", f"paths.cache_dir={tmp_path / 'cache'}")  # digits: 8x8 grey
+    with pytest.raises(DfkdError, match=r"model=vgg16 cannot take data=digits's images .*model=digits_cnn"):
+        run(cfg)
+    assert _no_work_done(tmp_path / "cache", tmp_path)
+
+
+def test_custom_model_needs_its_import_path(make_cfg, tmp_path):
+    cfg = make_cfg("model=custom", f"paths.cache_dir={tmp_path}", fast=False)
+    with pytest.raises(DfkdError, match=r"model\.path"):
+        run(cfg)
+
+
+def test_the_slurm_launcher_composes(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    assert launcher.gpus_per_node == 1 and launcher.timeout_min > 0
 
 
 @pytest.mark.parametrize("experiment", sorted(f.stem for f in (CONF / "experiment").glob("*.yaml")))
@@ -54,6 +143,7 @@ def _no_work_done(cache_dir: Path, out: Path) -> bool:
     ("recovery.steps=0", "recovery.steps"),
     ("recovery.pool.size=10", "recovery.pool"),
     ("synthesis.synthesizer.g_steps=0", "synthesis.synthesizer.g_steps"),
+    ("recovery.pool.size=1000000000", "recovery.pool.size"),  # 256 GB of dreams
     ("pruning.ratio=abc", "pruning.ratio"),
     ("data.num_classes=7", "data.num_classes"),
     ("teacher.checkpoint=/nonexistent/teacher.pt", "teacher.checkpoint"),
@@ -143,6 +233,35 @@ def test_ddp_inside_a_local_sweep_is_refused(tmp_path):
     assert proc.returncode == 2
     assert "trainer=ddp cannot run inside a local sweep" in proc.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_sweep_with_one_bad_value_starts_no_job(tmp_path):
+    proc = _cli(tmp_path, "-m", "pruning.ratio=0.5,1.5", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "job `pruning.ratio=1.5" in proc.stderr and "no job was started" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not list((tmp_path / "sweep").iterdir()) and not (tmp_path / "cache").exists()
+
+
+def test_a_run_folder_that_cannot_be_made_is_named(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    proc = _cli(tmp_path, f"hydra.run.dir={tmp_path / 'a_file' / 'run'}")
+    assert proc.returncode == 2
+    assert f"hydra.run.dir={tmp_path / 'a_file' / 'run'}: the run folder cannot be written" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_a_resume_that_contradicts_its_checkpoint_is_refused(tmp_path):
+    from dfkd.rundir import resume_argv
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- pruning.ratio=0.9\n- model.width=16\n")
+    for change in ("pruning.ratio=0.5", "model.width=8", "recovery=noise_kd", "seed=3", "recovery.pool.size=64"):
+        with pytest.raises(DfkdError, match=rf"{change.replace('.', '[.]')} contradicts them"):
+            resume_argv(["dfkd.run", f"resume={tmp_path}", change])
+    # what may change: where the data is, the trainer, the budget, the synthesis weights, a repeat
+    resume_argv(["dfkd.run", f"resume={tmp_path}", "data.root=/elsewhere", "trainer=gpu", "recovery.steps=9",
+                 "synthesis.synthesizer.bn_weight=3", "pruning.ratio=0.9"])
 
 
 def test_resume_rewrites_the_command_line_once(tmp_path):
