@@ -2,8 +2,8 @@
 
 For a user who holds the real train split and must show that the saved dreams are not copies of
 it. For every dream in the run's synthetic pool: its nearest real training image, in pixel space
-(root-mean-square difference of [0, 1] intensities) and in the teacher's feature space (cosine
-distance of the inputs to its last linear layer). What a "near" distance is comes from the real
+(root-mean-square difference of [0, 1] intensities) and in the teacher's feature space (the
+inputs to its last linear layer, scaled to unit length: distance sqrt(1 - cosine similarity)). What a "near" distance is comes from the real
 data itself: the distance from each real test image to its nearest training image (distinct
 natural images of the same distribution). A dream closer to a training image than the closest
 such real pairs (their 0.1% quantile) in both spaces is listed as a possible copy; the closest
@@ -11,8 +11,7 @@ pairs are listed and drawn whatever their distance.
 
 Writes RUN_DIR/audit/audit.json (quantiles of both distributions, the possible copies) and
 RUN_DIR/audit/closest_pairs.png (the closest dream/training pairs, dream above, real below). Batched
-and vectorised: CIFAR-10's 50,000 training images against a 16,384-dream pool take about a minute
-on two CPU cores.
+and vectorised (README.md gives a measured time on CIFAR-10).
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from torchvision.utils import save_image
 from dfkd.config import build
 from dfkd.data import ImageDataModule
 from dfkd.errors import DfkdError, check
+from dfkd.rundir import TEACHER_RECORD
 from dfkd.teacher import build_model, cache_file, load_weights
 
 log = logging.getLogger("dfkd.audit")
@@ -60,7 +60,10 @@ class Embedder:
 
     def __init__(self, data: ImageDataModule, teacher: nn.Module | None) -> None:
         self.data, self.teacher = data, teacher
-        self.head = [m for m in teacher.modules() if isinstance(m, nn.Linear)][-1] if teacher else None
+        heads = [m for m in teacher.modules() if isinstance(m, nn.Linear)] if teacher is not None else []
+        if teacher is not None and not heads:
+            log.warning("The teacher has no linear layer to read features from: pixels only.")
+        self.teacher, self.head = (teacher, heads[-1]) if heads else (None, None)
 
     @torch.no_grad()
     def __call__(self, model_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -96,7 +99,9 @@ def load_run(run_dir: Path):
     data = build(cfg.data, "data")
     data.setup()
     model = build_model(cfg.model, cfg.teacher.seed)
-    source = cfg.teacher.checkpoint or cache_file(cfg.paths.cache_dir, cfg.model, cfg.data, cfg.teacher, cfg.trainer)
+    record = run_dir / TEACHER_RECORD  # the teacher the run distilled, wherever it was kept
+    source = (json.loads(record.read_text())["source"] if record.is_file() else cfg.teacher.checkpoint
+              or cache_file(cfg.paths.cache_dir, cfg.model, cfg.data, cfg.teacher, cfg.trainer))
     teacher = None
     if Path(source).is_file():
         teacher = load_weights(model, source, setting=f"The run's teacher {source}").eval()
@@ -125,7 +130,7 @@ def audit(run_dir: str | Path, pairs: int = 16) -> dict:
     scale = dream_pixels.shape[1] ** 0.5  # Euclidean -> root-mean-square pixel difference
     found: dict = {"dreams": len(dreams), "train_images": len(train_pixels), "reference_images": len(test_pixels)}
     spaces = {"pixels": (dream_pixels, train_pixels, test_pixels, scale)}
-    if teacher is not None:
+    if embed.teacher is not None:
         spaces["features"] = (torch.cat([f for _, f in dream_parts]), train_features, test_features, 2 ** 0.5)
     near: dict[str, torch.Tensor] = {}
     for space, (d, train, test, norm) in spaces.items():

@@ -105,10 +105,14 @@ class NetModule(L.LightningModule):
 
     def check_finite(self, loss: torch.Tensor, setting: str) -> None:
         if not torch.isfinite(loss):
+            kept = ("No student was saved and no results were written; the cached teacher is intact, and "
+                    "the dreams made so far (dream_kd, noise_kd) are kept in the run folder "
+                    "(synthetic_pool*.pt)."
+                    if setting == "recovery" else "No teacher was cached.")
             raise DfkdError(
                 f"The training loss became {loss.item()} at step {self.global_step}: training "
                 f"diverged. Lower {setting}.optimizer.lr or set {setting}.gradient_clip_val "
-                f"(e.g. 2.0). Nothing was saved as a result of this run; the cached teacher is intact.")
+                f"(e.g. 2.0). {kept}")
 
     def validation_step(self, batch, batch_idx):
         x, y = batch

@@ -174,14 +174,18 @@ class SyntheticKD(Recovery):
     def synthesizer_class(self) -> type:
         return getattr(self.synthesizer, "func", self.synthesizer)
 
-    def validate(self, model, data, seed):
-        kind = self.synthesizer_class
+    @staticmethod
+    def check_dreamable(kind: type, model: nn.Module) -> None:
         if getattr(kind, "needs_batchnorm", False) and not has_batchnorm(model):
             raise DfkdError(
                 f"synthesis={kind.__name__} dreams images by matching the teacher's BatchNorm "
                 f"statistics, but the teacher ({model.__class__.__name__}) has no BatchNorm layer. "
                 f"Use a teacher with BatchNorm, or a recovery that does not need it: "
-                f"recovery=noise_kd (no data) or recovery=real_kd (real data).")
+                f"recovery=noise_kd (no data) or recovery=real_kd (real data); in strict data-free "
+                f"mode, synthesis=noise too (its held-out dreams are made by synthesis=...).")
+
+    def validate(self, model, data, seed):
+        self.check_dreamable(self.synthesizer_class, model)
         self.make_synthesizer(model, data, seed)  # its settings are checked on the architecture
         need, free = 4 * self.pool["size"] * math.prod(data.image_shape), available_memory()
         check(free is None or need <= free / 2,

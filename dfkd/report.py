@@ -106,6 +106,10 @@ def collect(folder: str | Path) -> list[dict]:
     for path in sorted(Path(folder).rglob("results.json")):
         try:
             result = json.loads(path.read_text())
+            if result.get("real_data_read") is False:
+                log.warning("Skipping %s: a strict data-free run has no test accuracy for this table "
+                            "(its results.json gives the dream agreement)", path)
+                continue
             result["config"]["recovery"], result["recovered"]["acc"]  # noqa: B018 - must exist
         except (OSError, ValueError, KeyError, TypeError) as err:
             log.warning("Skipping %s: not a complete dfkd results.json (%s)", path, err)

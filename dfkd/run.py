@@ -26,6 +26,7 @@ from dfkd import config, loggers, pruning, report, rundir, trainer
 from dfkd.config import build, refuse_missing
 from dfkd.errors import DfkdError, check
 from dfkd.evaluate import Judge, held_out_dreams
+from dfkd.recovery import SyntheticKD
 from dfkd.teacher import build_model, cache_file, check_fits, obtain_teacher
 
 log = logging.getLogger("dfkd")
@@ -56,6 +57,8 @@ def run(cfg: DictConfig) -> dict:
     model = build_model(cfg.model, cfg.teacher.seed)
     check_fits(model, cfg.model.name, data)
     recovery.validate(model, data, cfg.seed)
+    if strict:  # the held-out dreams come from synthesis=..., whatever the recovery
+        SyntheticKD.check_dreamable(build(cfg.synthesis.synthesizer, "synthesis.synthesizer").func, model)
     device, nhwc, times = trainer.device_of(cfg.trainer), cfg.trainer.channels_last, Stopwatch()
     logger = loggers.build_logger(cfg)
     try:
@@ -63,6 +66,8 @@ def run(cfg: DictConfig) -> dict:
             cache = cache_file(cfg.paths.cache_dir, cfg.model, cfg.data, cfg.teacher, cfg.trainer)
             teacher, teacher_info = obtain_teacher(model, cfg.teacher, data, cfg.trainer, cache, out,
                                                    evaluate_it=not strict)
+        if rank_zero_only.rank == 0:
+            rundir.record_teacher(out, teacher_info["source"])  # resume= goes on with this very teacher
         with times("evaluate"):
             dreams = (held_out_dreams(build(cfg.synthesis.synthesizer, "synthesis.synthesizer"), teacher, data,
                                       cfg.seed, cfg.strict_data_free_images) if strict else None)
@@ -106,6 +111,10 @@ def check_settings(cfg: DictConfig):
     the first job starts); returns the data module (not set up), the recovery and the pruner."""
     refuse_missing(cfg)
     check(isinstance(cfg.seed, int), f"seed={cfg.seed!r} must be a whole number (e.g. seed=0).")
+    floor = cfg.teacher.get("min_accuracy")
+    check(floor is None or (isinstance(floor, (int, float)) and 0 <= floor <= 1),
+          f"teacher.min_accuracy={floor} is not a fraction: give one between 0 and 1 (0.5 for 50%), "
+          f"or null for 'not near chance'.")
     return build(cfg.data, "data"), build(cfg.recovery, "recovery"), build(cfg.pruning, "pruning")
 
 
@@ -116,7 +125,11 @@ def check_sweep(argv: list[str]) -> None:
     from hydra.errors import HydraException
 
     conf = str(Path(__file__).resolve().parents[1] / "conf")
-    for job in config.sweep_jobs(argv):
+    try:
+        jobs = list(config.sweep_jobs(argv))
+    except HydraException:  # glob(), interval() or a typo: Hydra expands or refuses them itself
+        return
+    for job in jobs:
         try:
             with initialize_config_dir(config_dir=conf, version_base="1.3"):
                 placeholder = [] if any(o.startswith("paths.output_dir=") for o in job) else [
@@ -140,6 +153,9 @@ def refuse_real_data(cfg: DictConfig, data, recovery) -> None:
           "it the teacher would be trained on real data.")
     check(not recovery.uses_real_data, f"strict_data_free=true cannot run recovery={recovery.name}, which "
           f"trains on the real train split; use recovery=dream_kd (or noise_kd).")
+    check(isinstance(cfg.strict_data_free_images, int) and cfg.strict_data_free_images >= 1,
+          f"strict_data_free_images={cfg.strict_data_free_images} must be a whole number >= 1: the "
+          f"held-out dreams the student is judged on.")
     check(data.normalization_given, "strict_data_free=true needs the normalization the teacher was "
           "trained with, since no data may be read to measure it: set data.mean=[...] and data.std=[...].")
 

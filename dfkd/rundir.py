@@ -3,19 +3,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dfkd.config import override_key
 from dfkd.errors import DfkdError, check
 
 RESUMED = "hydra.output_subdir=.hydra/resumed"
+TEACHER_RECORD = "teacher.json"  # where a run notes the teacher it distils (a resume reuses it)
 # What the checkpoint of a run embodies (its student, pruned from its teacher, and the pool): a
 # resume may not change these. Where the data lives may change; the budget, trainer and logger too.
-FIXED = ("model", "pruning", "data", "teacher", "recovery", "synthesis", "experiment", "seed",
-         "strict_data_free", "recovery.pool")
+FIXED = ("model", "pruning", "data", "seed", "strict_data_free", "recovery._target_", "recovery.name",
+         "recovery.pool", "recovery.student_bn", "recovery.synthesizer._target_",
+         "synthesis.synthesizer._target_")
 MOVABLE = ("data.root", "data.num_workers", "data.download", "data.eval_batch_size")
 
 
@@ -44,25 +46,53 @@ def resume_argv(argv: list[str]) -> list[str]:
     check("-m" not in extra and "--multirun" not in extra,
           "resume= continues one run; resume each job folder of a sweep on its own.")
     _refuse_contradictions(folder, original, extra)
-    return [argv[0], *original, *extra, f"resume='{folder}'", f"hydra.run.dir='{folder}'", RESUMED]
+    teacher = _recorded_teacher(folder)  # the very teacher, whatever the trainer or the cache now say
+    return [argv[0], *original, *extra, *teacher, f"resume='{folder}'", f"hydra.run.dir='{folder}'", RESUMED]
+
+
+def record_teacher(folder: Path, source: str) -> None:
+    (Path(folder) / TEACHER_RECORD).write_text(json.dumps({"source": str(Path(source).resolve())}))
+
+
+def _recorded_teacher(folder: Path) -> list[str]:
+    record = folder / TEACHER_RECORD
+    if not record.is_file():
+        return []
+    source = json.loads(record.read_text())["source"]
+    check(Path(source).is_file(), f"resume={folder}: the teacher this run distils ({source}) is gone, so "
+          f"the checkpoint cannot go on with it. Start a new run.")
+    return [f"teacher.checkpoint='{source}'"]
 
 
 def _refuse_contradictions(folder: Path, original: list[str], extra: list[str]) -> None:
-    """A resume whose new settings contradict what the checkpoint holds is refused, named."""
-    before = {override_key(o): o for o in original}
-    for override in extra:
-        key = override_key(override)
-        group = key.split(".")[0]
-        fixed = key.startswith("recovery.pool") or (
-            group in FIXED and key not in MOVABLE and not (group in ("recovery", "synthesis") and "." in key))
-        if fixed and before.get(key) != override:
-            was = before.get(key, "its default")
+    """A resume whose new settings change what the checkpoint holds (composed and compared, so
+    a repeated value or an experiment's own value is no change) is refused, named."""
+    from hydra import compose, initialize_config_dir
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=conf, version_base="1.3"):
+            before, after = (compose("config", overrides=o) for o in (original, [*original, *extra]))
+    except HydraException:
+        return  # an override Hydra refuses: it says so in its own words when the run starts
+    for path in FIXED:
+        was, now = (_plain(OmegaConf.select(c, path)) for c in (before, after))
+        if isinstance(was, dict) and path == "data":
+            for key in MOVABLE:
+                was.pop(key.split(".")[1], None), now.pop(key.split(".")[1], None)
+        if was != now:
             raise DfkdError(
                 f"resume={folder} goes on with the student in its checkpoint, built and pruned with the "
-                f"settings the run started with; {override} contradicts them (the run had {was}). Start "
-                f"a new run for other model, data, teacher, pruning, seed or method settings; a resume "
-                f"may change the trainer, the logger, the budget (recovery.steps, ...) and the synthesis "
+                f"settings the run started with; the new settings change {path} (from {was} to {now}). "
+                f"Start a new run for other model, data, pruning, seed or method settings; a resume may "
+                f"change the trainer, the logger, the budget (recovery.steps, ...) and the synthesis "
                 f"weights.")
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def check_output_dir(argv: list[str]) -> None:

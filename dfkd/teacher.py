@@ -52,9 +52,9 @@ def check_fits(model: nn.Module, model_name: str, data: ImageDataModule) -> None
     except RuntimeError as err:
         raise DfkdError(
             f"model={model_name} cannot take data={data.name}'s images (channels, height, width = "
-            f"{shape}): {str(err).splitlines()[0]} The CIFAR architectures need 32x32 colour images "
-            f"(data=cifar10, cifar100, cifar10_jpg, or data.image_size=32); data=digits (8x8 grey) "
-            f"goes with model=digits_cnn.") from None
+            f"{shape}): {str(err).splitlines()[0]}. Images this small may be downsampled to nothing by "
+            f"the architecture: use larger images (data.image_size; the CIFAR architectures are built "
+            f"for 32x32), or a smaller architecture (data=digits, 8x8 grey, goes with model=digits_cnn).") from None
     check(logits.shape == (2, data.num_classes),
           f"model={model_name} gives {tuple(logits.shape[1:])} outputs per image but data={data.name} has "
           f"{data.num_classes} classes: make them agree (data.num_classes, or model.kwargs for model=custom).")
@@ -209,10 +209,7 @@ def _train_and_cache(model: nn.Module, cfg: DictConfig, data: ImageDataModule, t
     """Train a teacher; refuse it near chance (or under teacher.min_accuracy), else cache it with
     its accuracy (kept in the run folder if the cache cannot be written)."""
     start = time.perf_counter()
-    floor = cfg.get("min_accuracy")
-    check(floor is None or (isinstance(floor, (int, float)) and 0 <= floor <= 1),
-          f"teacher.min_accuracy={floor} is not a fraction: give one between 0 and 1 (0.5 for 50%), "
-          f"or null for 'not near chance'.")
+    floor = cfg.get("min_accuracy")  # checked by run.check_settings
     _check_writable(cache.parent)  # before hours of training, not after
     train_teacher(model, cfg, data, trainer, run_dir)
     teacher = freeze(model)
@@ -223,7 +220,8 @@ def _train_and_cache(model: nn.Module, cfg: DictConfig, data: ImageDataModule, t
         torch.save(teacher.state_dict(), kept)
         raise DfkdError(
             f"The teacher trained to {100 * known['acc']:.1f}% test accuracy ({data.num_classes} classes, "
-            f"chance {100 / data.num_classes:.0f}%, teacher.min_accuracy={floor}): it was not cached (its "
+            f"chance {100 / data.num_classes:.0f}%; the bar: teacher.min_accuracy={floor}"
+            f"{', i.e. not near chance' if floor is None else ''}): it was not cached (its "
             f"weights are in {kept}). Lower teacher.optimizer.lr (now {cfg.optimizer.get('lr')}), train "
             f"longer (teacher.epochs={cfg.epochs}), or check the data (data.root, data.num_classes).")
     try:  # atomic: an interrupted run never leaves a half-written teacher

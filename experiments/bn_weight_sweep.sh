@@ -9,18 +9,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d .data/cifar10-jpg ] || { mkdir -p .data && tar xzf ../shared/data/cifar10-jpg.tar.gz -C .data/; }
+# PARTS="digits digits_l2" runs only the digits parts (the CIFAR part is the long one).
 out=outputs/bench/bn_weight_sweep
-rm -rf "$out"
+PARTS=${PARTS:-digits digits_l2 cifar_r18w8}
 common="logger=none trainer.enable_progress_bar=false"
-.venv/bin/python -m dfkd.run -m synthesis.synthesizer.bn_weight=1,3,10,30 seed=0,1,2 $common \
-    hydra.sweep.dir="$out/digits"
-.venv/bin/python -m dfkd.run -m synthesis.synthesizer.bn_distance=l2 synthesis.synthesizer.bn_weight=30 \
-    seed=0,1,2 $common hydra.sweep.dir="$out/digits_l2"
-.venv/bin/python -m dfkd.run -m +experiment=synthesis_health model=resnet18 model.width=8 \
-    recovery=real_kd,dream_kd synthesis.synthesizer.bn_weight=1,10,30 recovery.val_every_n_steps=100 \
-    hydra.sweep.dir="$out/cifar_r18w8"
+for part in $PARTS; do
+    rm -rf "${out:?}/$part"
+    case $part in
+    digits) .venv/bin/python -m dfkd.run -m synthesis.synthesizer.bn_weight=1,3,10,30 seed=0,1,2 $common \
+        hydra.sweep.dir="$out/digits" ;;
+    digits_l2) .venv/bin/python -m dfkd.run -m synthesis.synthesizer.bn_distance=l2 \
+        synthesis.synthesizer.bn_weight=30 seed=0,1,2 $common hydra.sweep.dir="$out/digits_l2" ;;
+    cifar_r18w8) .venv/bin/python -m dfkd.run -m +experiment=synthesis_health model=resnet18 model.width=8 \
+        recovery=real_kd,dream_kd synthesis.synthesizer.bn_weight=1,10,30 recovery.val_every_n_steps=100 \
+        hydra.sweep.dir="$out/cifar_r18w8" ;;
+    esac
+done
 mkdir -p experiments/results/bn_weight_sweep
-for part in digits digits_l2 cifar_r18w8; do
+for part in $PARTS; do
     .venv/bin/python - "$out/$part" <<'PY' > "experiments/results/bn_weight_sweep/$part.md"
 import json, sys
 import yaml

@@ -143,7 +143,6 @@ def _no_work_done(cache_dir: Path, out: Path) -> bool:
     ("recovery.steps=0", "recovery.steps"),
     ("recovery.pool.size=10", "recovery.pool"),
     ("synthesis.synthesizer.g_steps=0", "synthesis.synthesizer.g_steps"),
-    ("recovery.pool.size=1000000000", "recovery.pool.size"),  # 256 GB of dreams
     ("pruning.ratio=abc", "pruning.ratio"),
     ("data.num_classes=7", "data.num_classes"),
     ("teacher.checkpoint=/nonexistent/teacher.pt", "teacher.checkpoint"),
@@ -235,6 +234,14 @@ def test_ddp_inside_a_local_sweep_is_refused(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+def test_a_pool_larger_than_memory_is_refused_before_any_work(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr("dfkd.recovery.available_memory", lambda: 8 * 2**30)  # a machine with 8 GiB free
+    cfg = make_cfg("recovery.pool.size=20000000", f"paths.cache_dir={tmp_path / 'cache'}")  # 5 GB of dreams
+    with pytest.raises(DfkdError, match=r"recovery\.pool\.size=20000000 .* 4\.8 GiB, more than half"):
+        run(cfg)
+    assert _no_work_done(tmp_path / "cache", tmp_path)
+
+
 def test_a_sweep_with_one_bad_value_starts_no_job(tmp_path):
     proc = _cli(tmp_path, "-m", "pruning.ratio=0.5,1.5", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -252,16 +259,24 @@ def test_a_run_folder_that_cannot_be_made_is_named(tmp_path):
 
 
 def test_a_resume_that_contradicts_its_checkpoint_is_refused(tmp_path):
-    from dfkd.rundir import resume_argv
+    from dfkd.rundir import record_teacher, resume_argv
 
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- pruning.ratio=0.9\n- model.width=16\n")
-    for change in ("pruning.ratio=0.5", "model.width=8", "recovery=noise_kd", "seed=3", "recovery.pool.size=64"):
-        with pytest.raises(DfkdError, match=rf"{change.replace('.', '[.]')} contradicts them"):
+    for change, path in (("pruning.ratio=0.5", "pruning"), ("model.width=8", "model"), ("seed=3", "seed"),
+                         ("recovery=noise_kd", "recovery.name"), ("recovery.pool.size=64", "recovery.pool"),
+                         ("recovery.student_bn=frozen", "recovery.student_bn"), ("data.val_size=10", "data")):
+        with pytest.raises(DfkdError, match=rf"change {path.replace('.', '[.]')} \(from"):
             resume_argv(["dfkd.run", f"resume={tmp_path}", change])
-    # what may change: where the data is, the trainer, the budget, the synthesis weights, a repeat
-    resume_argv(["dfkd.run", f"resume={tmp_path}", "data.root=/elsewhere", "trainer=gpu", "recovery.steps=9",
-                 "synthesis.synthesizer.bn_weight=3", "pruning.ratio=0.9"])
+    # what may change: where the data is, the trainer, the budget, the synthesis weights; a value
+    # given again, or given as the default it already had, is no change
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"")
+    record_teacher(tmp_path, teacher)
+    argv = resume_argv(["dfkd.run", f"resume={tmp_path}", "data.root=/elsewhere", "trainer=gpu",
+                        "recovery.steps=9", "synthesis.synthesizer.bn_weight=3", "pruning.ratio=0.90", "seed=0"])
+    # the resumed run distils the very teacher it started with, whatever the trainer now is
+    assert f"teacher.checkpoint='{teacher.resolve()}'" in argv
 
 
 def test_resume_rewrites_the_command_line_once(tmp_path):

@@ -18,15 +18,15 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
+RECOVERS = 0.035  # "dfkd recovers": within 3.5 points of the teacher, at 90%, with the test budget
+
+
 def test_data_free_recovery_restores_accuracy_and_keeps_sparsity(make_cfg, tmp_path):
     results = run(make_cfg("pruning.ratio=0.9"))
     teacher, pruned, recovered = (results[k]["acc"] for k in ("teacher", "pruned", "recovered"))
-    # Measured with these settings (seeds 0/1/2): teacher 0.998/0.996/0.989, pruned
-    # 0.096/0.104/0.509, recovered 0.980/0.971/0.982; seed 0 (gain 88 points, 1.8 below the
-    # teacher) is the one run here.
     assert pruned < 0.3
     assert recovered >= pruned + 0.7
-    assert recovered >= teacher - 0.05
+    assert recovered >= teacher - RECOVERS, (teacher, recovered)
     assert results["recovered"]["sparsity"] >= 0.9 - 1e-3
 
     on_disk = json.loads((tmp_path / "results.json").read_text())
@@ -39,6 +39,9 @@ def test_data_free_recovery_restores_accuracy_and_keeps_sparsity(make_cfg, tmp_p
     assert pruning.sparsity(student)["overall"] >= 0.9 - 1e-3
     assert (tmp_path / "synthetic_pool.pt").is_file() and list((tmp_path / "synthetic").glob("*.png"))
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    # what it must beat: the same KD on Gaussian noise does not pass the same bar
+    noise = run(make_cfg("pruning.ratio=0.9", "recovery=noise_kd"))["recovered"]["acc"]
+    assert noise < teacher - RECOVERS, (teacher, noise)
 
 
 def test_dreams_beat_noise_with_the_same_budget(make_cfg):

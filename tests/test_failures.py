@@ -125,3 +125,38 @@ def test_strict_data_free_mode_reads_no_real_data(make_cfg, image_tree, tmp_path
         run(make_cfg(*base, f"teacher.checkpoint={checkpoint}", "recovery=real_kd"))
     with pytest.raises(DfkdError, match=r"needs the normalization.*data\.mean"):
         run(make_cfg("strict_data_free=true", f"teacher.checkpoint={checkpoint}"))
+
+
+def test_the_teacher_cache_key_follows_what_changes_the_teacher(make_cfg, tmp_path, monkeypatch):
+    from dfkd.teacher import cache_file
+
+    def key(*overrides):
+        cfg = make_cfg(*overrides)
+        return cache_file(tmp_path, cfg.model, cfg.data, cfg.teacher, cfg.trainer)
+
+    base = key()
+    for changes in ("trainer.precision=bf16-mixed", "trainer.devices=2", "teacher.epochs=3", "model.width=8"):
+        assert key(changes) != base, changes
+    for keeps in ("teacher.val_every_n_epochs=5", "teacher.min_accuracy=0.5", "data.num_workers=3"):
+        assert key(keeps) == base, keeps
+    # model=custom: the class's code is part of the key
+    package = tmp_path / "mynets.py"
+    package.write_text("from dfkd.models import DigitsCNN as Net\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    custom = ("model=custom", "model.path=mynets.Net", "teacher.checkpoint=null")
+    before = key(*custom)
+    package.write_text("from dfkd.models import DigitsCNN as Net  # changed\n")
+    assert key(*custom) != before
+
+
+def test_a_cached_teacher_that_no_longer_fits_says_how_to_clear_it(make_cfg, tmp_path):
+    import torch
+
+    from dfkd.teacher import cache_file
+
+    cfg = make_cfg(f"paths.cache_dir={tmp_path / 'cache'}")
+    stale = cache_file(cfg.paths.cache_dir, cfg.model, cfg.data, cfg.teacher, cfg.trainer)
+    stale.parent.mkdir(parents=True)
+    torch.save({"old_layer.weight": torch.zeros(3)}, stale)
+    with pytest.raises(DfkdError, match=r"cached teacher .*another version.*rm "):
+        run(cfg)
