@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,6 +33,18 @@ def refuse_missing(cfg: DictConfig) -> None:
     check(not missing, f"These settings need a value: {', '.join(missing)} (set them on the command "
           f"line, e.g. {missing[0] if missing else ''}=...). data=image_folder needs data.root=PATH; "
           f"model=custom needs model.path=package.module.Class and teacher.checkpoint=PATH.")
+
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """conf/config.yaml with ``overrides``, composed outside a Hydra run (before one starts: to
+    check a sweep's jobs, or a resume's settings). Hydra's own errors propagate."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("config", overrides=overrides)
 
 
 def sweep_jobs(argv: list[str], limit: int = 256) -> Iterator[list[str]]:

@@ -57,8 +57,10 @@ def run(cfg: DictConfig) -> dict:
     model = build_model(cfg.model, cfg.teacher.seed)
     check_fits(model, cfg.model.name, data)
     recovery.validate(model, data, cfg.seed)
-    if strict:  # the held-out dreams come from synthesis=..., whatever the recovery
-        SyntheticKD.check_dreamable(build(cfg.synthesis.synthesizer, "synthesis.synthesizer").func, model)
+    # strict mode: the held-out dreams come from synthesis=..., whatever the recovery
+    held_out = build(cfg.synthesis.synthesizer, "synthesis.synthesizer") if strict else None
+    if held_out is not None:
+        SyntheticKD.check_dreamable(getattr(held_out, "func", held_out), model)
     device, nhwc, times = trainer.device_of(cfg.trainer), cfg.trainer.channels_last, Stopwatch()
     logger = loggers.build_logger(cfg)
     try:
@@ -69,8 +71,8 @@ def run(cfg: DictConfig) -> dict:
         if rank_zero_only.rank == 0:
             rundir.record_teacher(out, teacher_info["source"])  # resume= goes on with this very teacher
         with times("evaluate"):
-            dreams = (held_out_dreams(build(cfg.synthesis.synthesizer, "synthesis.synthesizer"), teacher, data,
-                                      cfg.seed, cfg.strict_data_free_images) if strict else None)
+            dreams = (held_out_dreams(held_out, teacher, data, cfg.seed, cfg.strict_data_free_images)
+                      if held_out is not None else None)
             judge = Judge(data, device, nhwc, dreams)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         with times("prune"):
@@ -121,20 +123,17 @@ def check_settings(cfg: DictConfig):
 def check_sweep(argv: list[str]) -> None:
     """``-m``: compose every job of the sweep and check its settings, so that one bad value stops
     the sweep before its first job, not hours later."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
     try:
         jobs = list(config.sweep_jobs(argv))
     except HydraException:  # glob(), interval() or a typo: Hydra expands or refuses them itself
         return
     for job in jobs:
+        placeholder = [] if any(o.startswith("paths.output_dir=") for o in job) else [
+            "paths.output_dir=."]  # Hydra's run folder is not made yet; nothing is written
         try:
-            with initialize_config_dir(config_dir=conf, version_base="1.3"):
-                placeholder = [] if any(o.startswith("paths.output_dir=") for o in job) else [
-                    "paths.output_dir=."]  # Hydra's run folder is not made yet; nothing is written
-                check_settings(compose("config", overrides=[*job, *placeholder]))
+            check_settings(config.compose_config([*job, *placeholder]))
         except HydraException:
             return  # an override Hydra itself refuses: it says so, in its own words, when it starts
         except DfkdError as err:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from dfkd.config import compose_config
 from dfkd.errors import DfkdError, check
 
 RESUMED = "hydra.output_subdir=.hydra/resumed"
@@ -67,14 +68,10 @@ def _recorded_teacher(folder: Path) -> list[str]:
 def _refuse_contradictions(folder: Path, original: list[str], extra: list[str]) -> None:
     """A resume whose new settings change what the checkpoint holds (composed and compared, so
     a repeated value or an experiment's own value is no change) is refused, named."""
-    from hydra import compose, initialize_config_dir
-
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
     from hydra.errors import HydraException
 
     try:
-        with initialize_config_dir(config_dir=conf, version_base="1.3"):
-            before, after = (compose("config", overrides=o) for o in (original, [*original, *extra]))
+        before, after = compose_config(original), compose_config([*original, *extra])
     except HydraException:
         return  # an override Hydra refuses: it says so in its own words when the run starts
     for path in FIXED:

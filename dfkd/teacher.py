@@ -44,17 +44,18 @@ def check_fits(model: nn.Module, model_name: str, data: ImageDataModule) -> None
     """The architecture takes the data's images and gives one logit per class: tried on two blank
     images now, before a teacher is trained or loaded, not found deep inside training."""
     shape = tuple(data.image_shape)
+    was_training = model.training
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            was_training = model.training
+        with torch.no_grad():
             logits = model.eval()(torch.zeros(2, *shape))
-            model.train(was_training)
     except RuntimeError as err:
         raise DfkdError(
             f"model={model_name} cannot take data={data.name}'s images (channels, height, width = "
             f"{shape}): {str(err).splitlines()[0]}. Images this small may be downsampled to nothing by "
             f"the architecture: use larger images (data.image_size; the CIFAR architectures are built "
             f"for 32x32), or a smaller architecture (data=digits, 8x8 grey, goes with model=digits_cnn).") from None
+    finally:
+        model.train(was_training)
     check(logits.shape == (2, data.num_classes),
           f"model={model_name} gives {tuple(logits.shape[1:])} outputs per image but data={data.name} has "
           f"{data.num_classes} classes: make them agree (data.num_classes, or model.kwargs for model=custom).")
@@ -179,12 +180,11 @@ def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tra
     ``evaluate_it=False``, strict data-free mode: a checkpoint is not evaluated)."""
     start = time.perf_counter()
     device, nhwc = device_of(trainer), trainer.channels_last
-    if cfg.checkpoint and not evaluate_it:
-        teacher = freeze(load_weights(model, cfg.checkpoint)).to(device)
-        log.info("Teacher from teacher.checkpoint=%s (not evaluated: strict data-free mode)", cfg.checkpoint)
-        return teacher, {"source": str(cfg.checkpoint)}
     if cfg.checkpoint:
         teacher = freeze(load_weights(model, cfg.checkpoint))
+        if not evaluate_it:
+            log.info("Teacher from teacher.checkpoint=%s (not evaluated: strict data-free mode)", cfg.checkpoint)
+            return teacher.to(device), {"source": str(cfg.checkpoint)}
         info = {"source": str(cfg.checkpoint), **evaluate(teacher, data, device, channels_last=nhwc)}
         log.info("Teacher from teacher.checkpoint=%s: test accuracy %.2f%% (%.0f s)", cfg.checkpoint,
                  100 * info["acc"], time.perf_counter() - start)
