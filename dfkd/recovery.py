@@ -14,6 +14,7 @@ LightningModule and its source of batches; adding one is one class and one YAML 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -73,6 +74,12 @@ class Recovery:
 
     def settings(self) -> dict:
         return {"recovery": self.name, "recovery_steps": self.steps, "recovery_batch_size": self.batch_size}
+
+    def with_steps(self, steps: int) -> Recovery:
+        """The same recovery with a budget of ``steps`` (a round of iterative pruning)."""
+        clone = copy.copy(self)
+        clone.steps = int(steps)
+        return clone
 
     # -- what subclasses choose ------------------------------------------------------------
     def module(self, teacher: nn.Module, student: nn.Module, num_classes: int, channels_last: bool) -> NetModule:

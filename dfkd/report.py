@@ -33,7 +33,7 @@ def write_results(results: dict, folder: str | Path) -> Path:
 def warnings(results: dict, num_classes: int) -> list[str]:
     """What makes a run's figures bad, in words: said loudly in the log, the table and
     results.json, never written down as an ordinary result."""
-    found = []
+    found = deployment_warnings(results.get("deployment"))
     teacher, pruned, recovered = results["teacher"], results["pruned"], results["recovered"]
     syn = results.get("synthesis") or {}
     if "acc" not in recovered:  # strict data-free mode: judged on held-out dreams
@@ -90,8 +90,50 @@ def table(results: dict) -> str:
             line += (f"; the teacher agrees with {100 * syn['target_acc']:.1f}% of their target classes, "
                      f"class balance {syn['class_balance']:.2f}, BN gap {syn['bn_loss']:.2f}")
         lines.append(line)
+    lines += deployment_lines(results.get("deployment"))
     lines += [f"WARNING: {w}" for w in results.get("warnings", [])]
     return "\n".join(lines)
+
+
+def deployment_lines(found: dict | None) -> list[str]:
+    """Parameters, FLOPs, file size and CPU latency of the teacher and the student."""
+    if not found:
+        return []
+    sizes = list(found["student"].get("latency_ms", {}))
+    head = f"{'deployment (CPU)':28s}{'params':>9s}{'non-zero':>10s}{'FLOPs':>9s}{'file':>9s}{'zipped':>9s}"
+    lines = [head + "".join(f"{f'ms @{b}':>10s}" for b in sizes)]
+    for name in ("teacher", "student"):
+        r = found[name]
+        line = (f"{name:28s}{human(r['params']):>9s}{human(r['nonzero_params']):>10s}{human(r['flops']):>9s}"
+                f"{human(r['file_bytes'], 'B'):>9s}{human(r['compressed_bytes'], 'B'):>9s}")
+        lines.append(line + "".join(f"{r['latency_ms'][b]:10.2f}" for b in sizes))
+    if "speedup" in found:
+        speed = ", ".join(f"{x:.2f}x at batch {b}" for b, x in found["speedup"].items())
+        lines.append(f"student vs teacher: {speed} ({found['threads']} CPU threads); "
+                     f"FLOPs x{found['flops_ratio']:.2f}, compressed file x{found['compressed_ratio']:.2f}")
+    saved = [Path(found[k]["path"]).name for k in ("export", "onnx") if "path" in found.get(k, {})]
+    if saved:
+        lines.append(f"exported (loads without dfkd): {', '.join(saved)}"
+                     + (" (ONNX Runtime matches PyTorch)" if found.get("onnx", {}).get("matches") else ""))
+    return lines
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23M'."""
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.2f}{prefix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def deployment_warnings(found: dict | None) -> list[str]:
+    found = found or {}
+    said = [f"Exporting the student ({k}) failed: {found[k]['error']}. student.pt is saved; set deploy.{k}=false "
+            f"to skip the export." for k in ("export", "onnx") if "error" in found.get(k, {})]
+    if found.get("onnx", {}).get("matches") is False:
+        said.append(f"ONNX Runtime's outputs differ from PyTorch's (largest difference "
+                    f"{found['onnx']['max_abs_difference']:.2g}): do not ship student.onnx unchecked.")
+    return said
 
 
 # -- many runs: python -m dfkd.report FOLDER -------------------------------------------------
@@ -141,10 +183,30 @@ def summarize(runs: list[dict]) -> list[dict]:
         row["recovered_val"] = _mean_std(val) if val else None
         target = [m["synthesis"]["target_acc"] for m in members if "target_acc" in (m.get("synthesis") or {})]
         row["target_acc"] = _mean_std(target) if target else None
+        row.update(deployment_row(members))
         row["recover_s"] = _mean_std([m["times"].get("recover", 0.0) for m in members])
         row["total_s"] = _mean_std([m["times"].get("total", 0.0) for m in members])
         rows.append(row)
     return rows
+
+
+def deployment_row(members: list[dict]) -> dict:
+    """Mean deployment figures of a group of runs: FLOPs and compressed size against the teacher's,
+    CPU latency of teacher and student at the largest batch size measured (None where not measured)."""
+    found = [m["deployment"] for m in members if m.get("deployment")]
+    row = {"flops_ratio": None, "compressed_ratio": None, "latency_batch": None, "latency_ms": None,
+           "teacher_latency_ms": None}
+    if not found:
+        return row
+    row["flops_ratio"] = sum(d["flops_ratio"] for d in found) / len(found)
+    row["compressed_ratio"] = sum(d["compressed_ratio"] for d in found) / len(found)
+    timed = [d for d in found if d["student"].get("latency_ms")]
+    if timed:
+        batch = max(timed[0]["student"]["latency_ms"], key=int)
+        row["latency_batch"] = batch
+        for key, who in (("latency_ms", "student"), ("teacher_latency_ms", "teacher")):
+            row[key] = sum(d[who]["latency_ms"][batch] for d in timed) / len(timed)
+    return row
 
 
 def markdown(rows: list[dict]) -> str:
@@ -154,10 +216,19 @@ def markdown(rows: list[dict]) -> str:
     def maybe(pair, scale=100.0, digits=2):
         return "-" if pair is None else pm(pair, scale, digits)
 
+    def ratio(value):
+        return "-" if value is None else f"{value:.2f}"
+
+    def latency(r):
+        if r.get("latency_ms") is None:
+            return "-"
+        return f"{r['latency_ms']:.2f} / {r['teacher_latency_ms']:.2f} ({r['latency_batch']})"
+
     lines = ["| model | data | sparsity | method | synthesis | steps x batch | seeds | teacher % | "
              "pruned % | recovered % | recovered / teacher % | recovered, validation % | "
-             "dreams' target agreement | recover s | total s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "dreams' target agreement | FLOPs / teacher | zipped size / teacher | CPU ms (batch) student / teacher | "
+             "recover s | total s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['data']} | {r['pruning_ratio']:.2f} {r['pruning_method']} | "
@@ -165,7 +236,8 @@ def markdown(rows: list[dict]) -> str:
             f"{r['recovery_steps']} x {r['recovery_batch_size']} | {','.join(map(str, r['seeds']))} | "
             f"{pm(r['teacher'])} | {pm(r['pruned'])} | {pm(r['recovered'])} | "
             f"{pm(r['recovery_pct'], digits=1)} | {maybe(r.get('recovered_val'))} | "
-            f"{maybe(r.get('target_acc'), 1, 3)} | {pm(r['recover_s'], 1, 1)} | {pm(r['total_s'], 1, 1)} |")
+            f"{maybe(r.get('target_acc'), 1, 3)} | {ratio(r.get('flops_ratio'))} | {ratio(r.get('compressed_ratio'))} | "
+            f"{latency(r)} | {pm(r['recover_s'], 1, 1)} | {pm(r['total_s'], 1, 1)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -188,6 +260,33 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_latency(rows: list[dict], path: Path) -> Path | None:
+    """Recovered accuracy against the student's CPU latency, one point per configuration, the
+    teacher's latency and accuracy as a star; None when no run measured latency."""
+    timed = [r for r in rows if r.get("latency_ms") is not None]
+    if not timed:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for r in timed:
+        ax.errorbar(r["latency_ms"], 100 * r["recovered"][0], yerr=100 * r["recovered"][1], marker="o", capsize=3,
+                    label=f"{r['pruning_method']} {r['pruning_ratio']:.2f}, {r['recovery']}")
+    ax.scatter([sum(r["teacher_latency_ms"] for r in timed) / len(timed)],
+               [100 * sum(r["teacher"][0] for r in timed) / len(timed)], marker="*", s=150, color="black", label="teacher")
+    ax.set_xlabel(f"CPU latency at batch {timed[0]['latency_batch']} (ms)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -227,6 +326,7 @@ def write_report(folder: str | Path, wandb_project: str | None = None) -> Path:
     target = folder / "results.md"
     target.write_text(f"# dfkd results: {len(runs)} runs in {folder}\n\n" + markdown(rows))
     plot(rows, folder / "accuracy-vs-sparsity.png")
+    plot_latency(rows, folder / "accuracy-vs-latency.png")
     if wandb_project:
         log_to_wandb(rows, folder, wandb_project)
     return target
@@ -244,7 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     target = write_report(args.folder, args.wandb)
     print(target.read_text())
-    print(f"Wrote {target} and {target.parent / 'accuracy-vs-sparsity.png'}")
+    print(f"Wrote {target}, {target.parent / 'accuracy-vs-sparsity.png'} and (where latency was measured) "
+          f"{target.parent / 'accuracy-vs-latency.png'}")
 
 
 if __name__ == "__main__":

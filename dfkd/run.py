@@ -1,6 +1,6 @@
 """Entry point: ``python -m dfkd.run [overrides]``.
 
-teacher (load or train, cached) -> prune -> evaluate -> recover -> evaluate -> report
+teacher (load or train, cached) -> prune -> evaluate -> recover -> evaluate -> deploy -> report
 
 Every stage is built from its own config group and gets only what it needs; bad settings stop the
 run before any work. ``python -m dfkd.run resume=RUN_DIR`` goes on with an interrupted run
@@ -48,7 +48,7 @@ def run(cfg: DictConfig) -> dict:
     """The whole pipeline for one configuration; returns (and writes) its results."""
     out = Path(cfg.paths.output_dir)
     trainer.validate(cfg.trainer)
-    data, recovery, prune = check_settings(cfg)
+    data, recovery, prune, deploy = check_settings(cfg)
     strict = bool(cfg.get("strict_data_free"))
     if strict:
         refuse_real_data(cfg, data, recovery)
@@ -56,6 +56,7 @@ def run(cfg: DictConfig) -> dict:
         data.setup()
     model = build_model(cfg.model, cfg.teacher.seed)
     check_fits(model, cfg.model.name, data)
+    prune.validate(model, torch.zeros(1, *data.image_shape))
     recovery.validate(model, data, cfg.seed)
     # strict mode: the held-out dreams come from synthesis=..., whatever the recovery
     held_out = build(cfg.synthesis.synthesizer, "synthesis.synthesizer") if strict else None
@@ -75,37 +76,88 @@ def run(cfg: DictConfig) -> dict:
                       if held_out is not None else None)
             judge = Judge(data, device, nhwc, dreams)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        with times("prune"):
-            student = prune(copy.deepcopy(teacher).requires_grad_(True).train())
-        with times("evaluate"):
-            pruned = {**judge(student, teacher), "sparsity": pruning.sparsity(student)["overall"]}
-        log.info("Pruned to %.2f%% sparsity (%s): %s", 100 * pruned["sparsity"], prune.describe(), headline(pruned))
-        with times("recover"):
-            synthesis = recovery.recover(teacher, student, data, cfg.trainer, logger, out, seed=cfg.seed,
-                                         resume=bool(cfg.get("resume")), real_data=not strict)
+        stages = Stages(cfg, teacher, data, judge, logger, out, times)
+        student, pruned, synthesis, rounds = stages.prune_and_recover(prune, recovery, real_data=not strict)
         student = pruning.make_permanent(student.cpu())
+        prune.check_kept(student)
         with times("evaluate"):
-            recovered = {**judge(student, teacher, validation=True),
-                         "sparsity": pruning.check_kept(student, prune.ratio)}
+            recovered = {**judge(student, teacher, validation=True), "sparsity": pruning.sparsity(student)["overall"]}
         log.info("Recovered (%s): %s", recovery.name, headline(recovered))
         results = {
             "teacher": teacher_info, "pruned": pruned, "recovered": recovered, "real_data_read": not strict,
             "config": {"model": cfg.model.name, "data": cfg.data.name, **prune.settings(),
                        **recovery.settings(), "synthesis": synthesis.get("synthesizer"), "seed": cfg.seed},
-            "synthesis": synthesis, "sparsity_layers": pruning.sparsity(student)["layers"],
-            "times": {**times, "total": sum(times.values())}, "student_path": str(out / "student.pt")}
+            "synthesis": synthesis, "pruning": {"rounds": rounds, **getattr(prune, "found", {})},
+            "sparsity_layers": pruning.sparsity(student)["layers"], "student_path": str(out / "student.pt")}
+        if rank_zero_only.rank == 0:  # under DDP every rank ran the pipeline; one writes it down
+            torch.save(student.state_dict(), out / "student.pt")  # kept first, whatever comes next
+            with times("deploy"):
+                results["deployment"] = deploy(teacher, student, data.image_shape, out)
+        results["times"] = {**times, "total": sum(times.values())}
         results["warnings"] = report.warnings(results, data.num_classes)
         for warning in results["warnings"]:
             log.warning(warning)
-        if rank_zero_only.rank == 0:  # under DDP every rank ran the pipeline; one writes it down
-            torch.save(student.state_dict(), out / "student.pt")
+        if rank_zero_only.rank == 0:
             report.write_results(results, out)
             loggers.write_summary(logger, report.flatten(
-                {k: results[k] for k in ("teacher", "pruned", "recovered", "synthesis", "times")}))
+                {k: results[k] for k in ("teacher", "pruned", "recovered", "synthesis", "deployment", "times")
+                 if k in results}))
             log.info("Results in %s", out / "results.json")
         return results
     finally:
         loggers.finish(logger)
+
+
+class Stages:
+    """Prune, then recover, once or in the rounds of an iterative schedule (pruning=iterative),
+    which share recovery.steps. A round's student is kept in RUN_DIR/round_K/student.pt, so a
+    resumed run starts from the first unfinished round."""
+
+    def __init__(self, cfg: DictConfig, teacher, data, judge: Judge, logger, out: Path, times: Stopwatch) -> None:
+        self.cfg, self.teacher, self.data, self.judge = cfg, teacher, data, judge
+        self.logger, self.out, self.times = logger, out, times
+
+    def prune_and_recover(self, prune, recovery, real_data: bool = True):
+        """The student, its figures right after (the first) pruning, the recovery's summary, and
+        each round's figures (one round for one-shot pruning)."""
+        ratios, example = prune.rounds(), torch.zeros(1, *self.data.image_shape)
+        student, rounds, pruned, synthesis = copy.deepcopy(self.teacher).requires_grad_(True).train(), [], None, {}
+        for k, ratio in enumerate(ratios):
+            final = k == len(ratios) - 1
+            with self.times("prune"):
+                student = prune(student, example, ratio=ratio)
+            with self.times("evaluate"):
+                found = {**self.judge(student, self.teacher), "sparsity": pruning.sparsity(student)["overall"]}
+            log.info("Pruned (%s%s), %.2f%% of the weights zero: %s", prune.describe(),
+                     "" if len(ratios) == 1 else f", round {k + 1} of {len(ratios)}: {ratio:.1%}", 100 * found["sparsity"],
+                     headline(found))
+            pruned = pruned or found
+            steps = recovery.steps // len(ratios) + (recovery.steps % len(ratios) if final else 0)
+            folder = self.out if final else self.out / f"round_{k + 1}"
+            with self.times("recover"):
+                synthesis = self.recover_round(recovery.with_steps(steps), student, folder, final, real_data)
+            if len(ratios) > 1:
+                rounds.append({"ratio": ratio, "steps": steps, "pruned": found})
+            if not final:
+                with self.times("evaluate"):
+                    rounds[-1]["recovered"] = self.judge(student, self.teacher)
+        return student, pruned, synthesis, rounds
+
+    def recover_round(self, recovery, student, folder: Path, final: bool, real_data: bool) -> dict:
+        resume = bool(self.cfg.get("resume"))
+        if not final:
+            done = folder / "student.pt"
+            if resume and done.is_file():  # a finished round of the interrupted run
+                student.load_state_dict(torch.load(done, map_location="cpu", weights_only=True))
+                log.info("Round kept from %s.", done)
+                return {}
+            resume = resume and (folder / "checkpoints" / "last.ckpt").is_file()
+        summary = recovery.recover(self.teacher, student, self.data, self.cfg.trainer,
+                                   self.logger if final else None, folder, seed=self.cfg.seed, resume=resume,
+                                   real_data=real_data)
+        if not final and rank_zero_only.rank == 0:
+            torch.save(student.state_dict(), folder / "student.pt")
+        return summary
 
 
 def check_settings(cfg: DictConfig):
@@ -117,7 +169,11 @@ def check_settings(cfg: DictConfig):
     check(floor is None or (isinstance(floor, (int, float)) and 0 <= floor <= 1),
           f"teacher.min_accuracy={floor} is not a fraction: give one between 0 and 1 (0.5 for 50%), "
           f"or null for 'not near chance'.")
-    return build(cfg.data, "data"), build(cfg.recovery, "recovery"), build(cfg.pruning, "pruning")
+    recovery, prune = build(cfg.recovery, "recovery"), build(cfg.pruning, "pruning")
+    rounds = len(prune.rounds())
+    check(rounds <= recovery.steps, f"pruning.rounds={rounds} rounds share recovery.steps={recovery.steps}: give "
+          f"each round at least one step (raise recovery.steps or lower pruning.rounds).")
+    return build(cfg.data, "data"), recovery, prune, build(cfg.deploy, "deploy")
 
 
 def check_sweep(argv: list[str]) -> None:

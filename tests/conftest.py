@@ -17,6 +17,7 @@ FAST_BUDGET = [
     "teacher.epochs=15",
     "recovery.steps=60",
     "recovery.val_every_n_steps=30",
+    "deploy=none",  # parameters, FLOPs and file sizes only: latency and export have tests of their own
 ]
 FAST_POOL = [  # for the methods that distil on synthetic images (they have a pool)
     "recovery.pool.batch_size=128",

@@ -34,6 +34,9 @@ def _built(cfg, group):
         return t.accelerator, "ddp" in str(t.get("strategy", "")), t.get("num_nodes", 1)
     if group == "teacher":
         return cfg.teacher.label_smoothing > 0, cfg.teacher.checkpoint
+    if group == "deploy":
+        d = build(cfg.deploy, "deploy")
+        return d.latency, d.export, d.onnx
     if group == "logger":
         return cfg.logger.get("_target_", "none").rsplit(".", 1)[-1]
     obj = build(cfg[group], group)
@@ -55,6 +58,11 @@ MAKES = {
     ("model", "vgg16"): ("VGG16BN", (1, 10)),
     ("pruning", "magnitude"): ("Unstructured", None, "l1"),
     ("pruning", "random"): ("Unstructured", None, "random"),
+    ("pruning", "iterative"): ("Iterative", None, "l1"),
+    ("pruning", "nm"): ("NM", None, None),
+    ("pruning", "structured"): ("Structured", None, None),
+    ("deploy", "default"): (True, True, True),
+    ("deploy", "none"): (False, False, False),
     ("recovery", "dream_kd"): ("SyntheticKD", "dream_kd", None),
     ("recovery", "noise_kd"): ("SyntheticKD", "noise_kd", None),
     ("recovery", "real_kd"): ("RealKD", "real_kd", None),

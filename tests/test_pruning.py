@@ -5,6 +5,7 @@ from dfkd import pruning
 from dfkd.errors import DfkdError
 from dfkd.models import DigitsCNN
 from dfkd.modules import DistillModule
+from dfkd.pruning.nm import as_groups
 
 
 def _model():
@@ -56,21 +57,26 @@ def test_unknown_method_is_refused():
         pruning.prune(_model(), 0.5, method="magic")
 
 
-def test_zeros_survive_recovery_steps_and_saving():
-    teacher = _model().eval()
-    student = pruning.prune(_model().train(), 0.9)
-    zero_before = {n: (m.weight == 0).clone() for n, m in pruning.prunable(student)}
+def _distil(teacher, student, steps=5):
+    """What recovery does to a student: a few large KD steps."""
     module = DistillModule(teacher, student, 10, lambda p: torch.optim.SGD(p, lr=0.5, momentum=0.9),
                            temperature=4.0)
     optimizer = module.optimizer_factory(student.parameters())
-    for _ in range(5):
+    for _ in range(steps):
         loss = module.training_step((torch.randn(16, 1, 8, 8), torch.zeros(16)), 0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+
+def test_zeros_survive_recovery_steps_and_saving():
+    teacher = _model().eval()
+    student = pruning.prune(_model().train(), 0.9)
+    zero_before = {n: (m.weight == 0).clone() for n, m in pruning.prunable(student)}
+    _distil(teacher, student)
     for name, m in pruning.prunable(student):
         assert torch.all(m.weight[zero_before[name]] == 0), name
-    assert pruning.check_kept(student, 0.9) >= 0.9
+    assert pruning.Unstructured(0.9).check_kept(student) >= 0.9
 
     state = pruning.make_permanent(student).state_dict()
     assert not any(k.endswith(("_orig", "_mask")) for k in state)
@@ -85,4 +91,153 @@ def test_lost_sparsity_fails_loudly():
         for _, m in pruning.prunable(model):
             m.weight.add_(1.0)  # what a recovery that ignores masks would do
     with pytest.raises(DfkdError, match="undid the pruning"):
-        pruning.check_kept(model, 0.9)
+        pruning.Unstructured(0.9).check_kept(model)
+
+
+# -- layers left dense, whole layers removed -------------------------------------------------
+
+def test_layers_left_dense_stay_dense_and_the_rest_reaches_the_ratio():
+    model = pruning.prune(_model(), 0.8, keep_dense=["first", "last"])
+    layers = pruning.sparsity(model)["layers"]
+    assert layers["features.0"] == 0 and layers["classifier"] == 0
+    pruner = pruning.Unstructured(0.8, keep_dense=["first", "last"])
+    assert pruner.check_kept(pruning.make_permanent(model)) == pytest.approx(0.8, abs=1e-3)
+
+
+def test_an_unknown_dense_layer_is_refused_with_the_valid_names():
+    with pytest.raises(DfkdError, match=r"pruning\.keep_dense names 'fc'.*features\.0, features\.3"):
+        pruning.prune(_model(), 0.5, keep_dense=["fc"])
+
+
+def test_a_global_ratio_that_removes_a_whole_layer_is_refused():
+    model = _model()
+    with torch.no_grad():
+        model.features[3].weight.mul_(1e-4)  # a layer of tiny weights: global L1 takes all of them
+    with pytest.raises(DfkdError, match=r"removes every weight of layer features\.3.*pruning\.scope=layer"):
+        pruning.prune(model, 0.6)
+    assert pruning.sparsity(pruning.prune(_model(), 0.6, scope="layer"))["overall"] == pytest.approx(0.6, abs=1e-2)
+
+
+# -- N:M ---------------------------------------------------------------------------------------
+
+def _groups_of_four(weight):
+    return (as_groups(weight.detach(), 4) != 0).sum(1)
+
+
+def test_nm_keeps_at_most_n_of_every_m_input_channels_and_the_largest_ones():
+    reference, model = _model(), pruning.NM(2, 4)(_model())
+    for (name, m), (_, r) in zip(pruning.prunable(model), pruning.prunable(reference)):
+        if name == "features.0":  # 'first' is left dense: one input channel
+            assert bool((m.weight != 0).all())
+            continue
+        assert int(_groups_of_four(m.weight).max()) <= 2, name
+        kept, full = (as_groups(w.weight.detach().abs(), 4) for w in (m, r))
+        assert torch.equal(kept.sort(1).values[:, 2:], full.sort(1).values[:, 2:]), name  # the two largest
+    assert pruning.NM(2, 4).check_kept(model) == pytest.approx(0.5)
+
+
+def test_nm_that_does_not_divide_a_layer_is_refused_naming_the_setting():
+    with pytest.raises(DfkdError, match=r"pruning\.m=4.*features\.0 \(1 inputs\).*pruning\.keep_dense"):
+        pruning.NM(2, 4, keep_dense=[])(_model())
+    with pytest.raises(DfkdError, match=r"pruning\.n=4 and pruning\.m=4"):
+        pruning.NM(4, 4)
+
+
+def test_nm_leaves_depthwise_convolutions_dense():
+    from dfkd.models.cifar import mobilenetv2
+
+    model = pruning.NM(2, 4)(mobilenetv2(width_mult=0.25))
+    depthwise = [m for _, m in pruning.prunable(model) if getattr(m, "groups", 1) > 1]
+    assert depthwise and all(bool((m.weight != 0).all()) for m in depthwise)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_the_nm_pattern_and_the_channels_survive_recovery_steps():
+    teacher = _model().eval()
+    for pruner in (pruning.NM(2, 4), pruning.Structured(0.5)):
+        student = pruner(_model().train(), torch.zeros(1, 1, 8, 8))
+        _distil(teacher, student)
+        pruner.check_kept(pruning.make_permanent(student))  # raises if the pattern was lost
+
+
+def test_a_lost_nm_pattern_fails_loudly():
+    model = pruning.make_permanent(pruning.NM(2, 4)(_model()))
+    with torch.no_grad():
+        model.features[3].weight.add_(1.0)
+    with pytest.raises(DfkdError, match=r"undid the pruning: layer features\.3"):
+        pruning.NM(2, 4).check_kept(model)
+
+
+# -- structured ----------------------------------------------------------------------------------
+
+def _flops(model, shape):
+    from dfkd.pruning.structured import count
+
+    return count(model.eval(), torch.zeros(1, *shape), "flops")
+
+
+@pytest.mark.parametrize("arch", ["digits_cnn", "resnet18", "resnet50", "mobilenetv2", "vgg16"])
+def test_structured_pruning_makes_a_smaller_network_that_runs(arch):
+    from dfkd.models import cifar
+
+    torch.manual_seed(0)
+    shape = (1, 8, 8) if arch == "digits_cnn" else (3, 32, 32)
+    model = {"digits_cnn": lambda: DigitsCNN(width=8), "resnet18": lambda: cifar.resnet18(width=8),
+             "resnet50": lambda: cifar.resnet50(width=8), "mobilenetv2": lambda: cifar.mobilenetv2(width_mult=0.25),
+             "vgg16": lambda: cifar.vgg16(width=8)}[arch]()
+    before = _flops(model, shape)
+    widths = [m.weight.shape[0] for _, m in pruning.prunable(model)]
+    pruner = pruning.Structured(0.5)
+    model = pruner(model.train(), torch.zeros(1, *shape))
+    assert model.training  # its mode is given back
+    assert _flops(model, shape) <= 0.5 * before * 1.001
+    assert pruner.found["removed"] >= 0.5 - 1e-3
+    after = [m.weight.shape[0] for _, m in pruning.prunable(model)]
+    assert sum(after) < sum(widths) and after[-1] == widths[-1] == 10  # the classes stay
+    assert model.eval()(torch.randn(3, *shape)).shape == (3, 10)
+
+
+def test_structured_pruning_by_parameters_and_global_bn_scale():
+    pruner, model = pruning.Structured(0.6, target="params", importance="bn_scale", scope="global"), _model()
+    pruner.validate(model, torch.zeros(1, 1, 8, 8))  # an untrained network's equal BN scales are no obstacle
+    for m in model.modules():  # a trained network's BatchNorm scales differ
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.1, 2.0)
+    model = pruner(model, torch.zeros(1, 1, 8, 8))
+    assert sum(p.numel() for p in model.parameters()) <= 0.4 * sum(p.numel() for p in _model().parameters()) * 1.001
+
+
+def test_structured_pruning_leaves_batchnorm_statistics_alone():
+    model = _model()
+    bn = model.features[1]
+    seen = int(bn.num_batches_tracked)
+    pruning.Structured(0.3)(model.train(), torch.zeros(1, 1, 8, 8))
+    assert int(bn.num_batches_tracked) == seen  # tracing ran in eval mode
+
+
+def test_a_structured_ratio_that_would_remove_whole_layers_is_refused():
+    with pytest.raises(DfkdError, match=r"cannot remove 99.5% of the params \(pruning\.ratio=0\.995\).*Lower pruning\.ratio"):
+        pruning.Structured(0.995, target="params").validate(_model(), torch.zeros(1, 1, 8, 8))
+
+
+# -- iterative -----------------------------------------------------------------------------------
+
+def test_iterative_schedules_end_at_the_ratio():
+    cubic = pruning.Iterative(0.9, rounds=3).rounds()
+    assert cubic == pytest.approx([0.9 * (1 - (2 / 3) ** 3), 0.9 * (1 - (1 / 3) ** 3), 0.9])
+    assert pruning.Iterative(0.9, rounds=3, schedule="linear").rounds() == pytest.approx([0.3, 0.6, 0.9])
+    with pytest.raises(DfkdError, match=r"pruning=iterative needs pruning\.method=l1"):
+        pruning.Iterative(0.9, method="random")
+
+
+def test_iterative_rounds_keep_earlier_zeros():
+    pruner, model = pruning.Iterative(0.9, rounds=2), _model()
+    first = pruner(model, ratio=0.5)
+    zeros = {n: (m.weight == 0).clone() for n, m in pruning.prunable(first)}
+    with torch.no_grad():  # what a round of recovery does to the surviving weights
+        for _, m in pruning.prunable(first):
+            m.weight_orig.mul_(1.5)
+    second = pruner(first, ratio=0.9)
+    for name, m in pruning.prunable(second):
+        assert bool((m.weight[zeros[name]] == 0).all()), name
+    assert pruner.check_kept(pruning.make_permanent(second)) == pytest.approx(0.9, abs=1e-3)

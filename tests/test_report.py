@@ -63,3 +63,29 @@ def test_report_table_goes_to_wandb(tmp_path, monkeypatch):
     assert len(runs) == 1
     wandb_log_holds(runs[0], b"results")
     assert list(runs[0].rglob("*.table.json"))
+
+
+def test_report_puts_accuracy_against_latency(tmp_path):
+    def measured(ms, flops):
+        return {"params": 10, "nonzero_params": 5, "flops": flops, "file_bytes": 40, "compressed_bytes": 20,
+                "latency_ms": {"1": ms / 10, "64": ms}}
+
+    for name, method, ms, flops in (("a", "structured l1", 5.0, 50), ("b", "l1", 10.0, 100)):
+        _result(tmp_path / name, 0, "dream_kd", 0.5, 0.99, 0.5, 0.97)
+        path = tmp_path / name / "results.json"
+        result = json.loads(path.read_text())
+        result["config"]["pruning_method"] = method
+        result["deployment"] = {"teacher": measured(10.0, 100), "student": measured(ms, flops),
+                                "flops_ratio": flops / 100, "compressed_ratio": 1.0}
+        path.write_text(json.dumps(result))
+    text = report.write_report(tmp_path).read_text()
+    assert "| 0.50 | 1.00 | 5.00 / 10.00 (64) |" in text and "| 1.00 | 1.00 | 10.00 / 10.00 (64) |" in text
+    png = (tmp_path / "accuracy-vs-latency.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    # runs without deployment figures (older results.json) still report, without that plot
+    for name in ("a", "b"):
+        (tmp_path / name / "results.json").unlink()
+    _result(tmp_path / "c", 0, "dream_kd", 0.5, 0.99, 0.5, 0.97)
+    (tmp_path / "accuracy-vs-latency.png").unlink()
+    assert "| - | - | - |" in report.write_report(tmp_path).read_text()
+    assert not (tmp_path / "accuracy-vs-latency.png").exists()

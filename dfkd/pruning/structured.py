@@ -1,0 +1,117 @@
+"""Structured (channel) pruning (conf/pruning/structured.yaml) with torch-pruning's dependency
+graph: whole channels leave every layer that shares them (residual additions, depthwise
+convolutions and concatenations included), until the student has ``ratio`` fewer FLOPs (or
+parameters) than the teacher. The student is a genuinely smaller network: every layer is thinner,
+so it runs faster on any hardware and its file is smaller.
+
+Channels are ranked by the L1 or L2 norm of their weights, or by their BatchNorm scale; the same
+share of channels leaves every layer (uniform) or the least important across the network leave
+first (global)."""
+
+from __future__ import annotations
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from dfkd.errors import DfkdError, check
+from dfkd.pruning.common import Pruner, check_ratio, dense_names, prunable, undone
+
+IMPORTANCE = {"l1": lambda: tp.importance.MagnitudeImportance(p=1),
+              "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+              "bn_scale": lambda: tp.importance.BNScaleImportance()}
+SCOPES = ("uniform", "global")
+TARGETS = ("flops", "params")
+STEPS = 100  # channels leave in steps of 1% of each layer's width, until the target is met
+MAX_CHANNEL_RATIO = 0.95  # no layer loses more than this share of its channels
+
+
+def count(model: nn.Module, example: torch.Tensor, what: str) -> int:
+    """The model's parameters, or its FLOPs on ``example`` (torch's own counter)."""
+    if what == "params":
+        return sum(p.numel() for p in model.parameters())
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(example)
+    return int(counter.get_total_flops())
+
+
+class Structured(Pruner):
+    """Remove whole channels until ``ratio`` of the FLOPs (``target=flops``) or of the parameters
+    (``target=params``) are gone; ``keep_dense`` layers keep their output channels (by default the
+    classifier, whose outputs are the classes)."""
+
+    structured = True
+
+    def __init__(self, ratio: float = 0.5, target: str = "flops", importance: str = "l1", scope: str = "uniform",
+                 keep_dense=("last",), round_to: int | None = None) -> None:
+        super().__init__(check_ratio(ratio, f"the fraction of the {target} removed"), keep_dense)
+        check(target in TARGETS, f"pruning.target={target!r} is unknown; choose one of {list(TARGETS)}.")
+        check(importance in IMPORTANCE, f"pruning.importance={importance!r} is unknown; choose one of {sorted(IMPORTANCE)}.")
+        check(scope in SCOPES, f"pruning.scope={scope!r} is unknown; choose one of {list(SCOPES)}.")
+        check(round_to is None or (isinstance(round_to, int) and round_to >= 1),
+              f"pruning.round_to={round_to!r} must be null or a whole number of channels >= 1.")
+        self.target, self.importance, self.scope, self.round_to = target, importance, scope, round_to
+        self.found: dict = {}
+
+    def validate(self, model, example):
+        """Prune a copy of the (untrained) architecture: a target that cannot be reached is refused
+        now, before a teacher is trained."""
+        import copy
+
+        model = copy.deepcopy(model)
+        generator = torch.Generator().manual_seed(0)
+        for m in model.modules():  # an untrained network's BatchNorm scales are all 1: bn_scale would tie
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+                with torch.no_grad():
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=generator) + 0.5)
+        self(model, example)
+
+    def __call__(self, model, example=None, ratio=None):
+        check(example is not None, "pruning=structured needs an example input to trace the network.")
+        ratio = self.ratio if ratio is None else ratio
+        was_training = model.training
+        model.to(memory_format=torch.contiguous_format).eval()  # tracing must not touch BatchNorm statistics
+        example = example.to(next(model.parameters()).device)
+        dense = dense_names(model, self.keep_dense)
+        try:
+            pruner = tp.pruner.MetaPruner(
+                model, example, importance=IMPORTANCE[self.importance](), global_pruning=self.scope == "global",
+                pruning_ratio=MAX_CHANNEL_RATIO, max_pruning_ratio=MAX_CHANNEL_RATIO, iterative_steps=STEPS,
+                ignored_layers=[m for n, m in prunable(model) if n in dense], round_to=self.round_to)
+        except Exception as err:  # torch-pruning cannot trace every custom forward
+            raise DfkdError(f"pruning=structured could not trace the model's layers ({type(err).__name__}: {err}); "
+                            f"use unstructured pruning (pruning=magnitude) or pruning=nm for this model.") from err
+        before = count(model, example, self.target)
+        goal = (1 - ratio) * before
+        for _ in range(STEPS):
+            if count(model, example, self.target) <= goal:
+                break
+            pruner.step()
+        after = count(model, example, self.target)
+        model.train(was_training)
+        if after > goal * 1.001:
+            raise DfkdError(f"pruning=structured cannot remove {100 * ratio:g}% of the {self.target} (pruning.ratio={ratio}) "
+                            f"without removing whole layers: it reached {1 - after / before:.0%} with every pruned "
+                            f"layer at {1 - MAX_CHANNEL_RATIO:.0%} of its channels. Lower pruning.ratio, or leave "
+                            f"fewer layers dense (pruning.keep_dense).")
+        self.found = {"before": before, "after": after, "removed": 1 - after / before,
+                      "channels": {n: int(m.weight.shape[0]) for n, m in prunable(model)}}
+        return model
+
+    def check_kept(self, model):
+        """The student still has the pruned channel counts; returns the share of its zero weights."""
+        channels = {n: int(m.weight.shape[0]) for n, m in prunable(model)}
+        if self.found and channels != self.found["channels"]:
+            raise undone("the student's channel counts changed")
+        zeros = sum(int((m.weight == 0).sum()) for _, m in prunable(model))
+        return zeros / sum(m.weight.numel() for _, m in prunable(model))
+
+    def describe(self) -> str:
+        if self.found:
+            return f"{self.found['removed']:.1%} of the {self.target} removed, channels by {self.importance}"
+        return f"{self.ratio:.0%} of the {self.target}, channels by {self.importance}"
+
+    def settings(self) -> dict:
+        return {"pruning_ratio": self.ratio, "pruning_method": f"structured {self.importance}",
+                "pruning_scope": self.scope, "pruning_target": self.target, "pruning_keep_dense": self.keep_dense}

@@ -1,0 +1,91 @@
+"""Unstructured pruning (conf/pruning/magnitude.yaml, random.yaml, iterative.yaml): single weights
+set to zero with torch.nn.utils.prune, by |weight| or at random, over the whole network or per
+layer. The student keeps torch's ``weight_orig * weight_mask`` parametrization during recovery, so
+pruned weights stay exactly zero whatever the optimizer does.
+
+What it buys: a smaller file once compressed (zeros compress) and sparse kernels where a runtime
+has them; dense kernels run it exactly as fast as the teacher."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as tprune
+
+from dfkd.errors import check
+from dfkd.pruning.common import Pruner, check_no_layer_removed, check_ratio, make_permanent, targets
+
+CRITERIA = {"l1": tprune.L1Unstructured, "random": tprune.RandomUnstructured}
+SCOPES = ("global", "layer")
+SCHEDULES = ("cubic", "linear")
+
+
+def prune(model: nn.Module, ratio: float, method: str = "l1", scope: str = "global", keep_dense=()) -> nn.Module:
+    """Zero ``ratio`` of the conv/linear weights in place: by magnitude (l1) or at random, ranked
+    across the whole network (global) or within each layer (layer); ``keep_dense`` layers stay dense."""
+    ratio = check_ratio(ratio)
+    check(method in CRITERIA, f"pruning.method={method!r} is unknown; choose one of {sorted(CRITERIA)}.")
+    check(scope in SCOPES, f"pruning.scope={scope!r} is unknown; choose one of {list(SCOPES)}.")
+    layers = targets(model, keep_dense)
+    model.to(memory_format=torch.contiguous_format)  # a GPU-trained teacher may be channels_last
+    if scope == "global":
+        tprune.global_unstructured([(m, "weight") for _, m in layers], pruning_method=CRITERIA[method], amount=ratio)
+    else:
+        for _, m in layers:
+            CRITERIA[method].apply(m, "weight", amount=ratio)
+    check_no_layer_removed(model, ratio, "lower pruning.ratio, prune per layer (pruning.scope=layer), or "
+                           "leave that layer dense (pruning.keep_dense=[...]).")
+    return model
+
+
+class Unstructured(Pruner):
+    """Unstructured pruning of every conv and linear weight (but ``keep_dense``) to ``ratio``, by
+    |weight| (l1) or at random, globally or per layer."""
+
+    def __init__(self, ratio: float = 0.9, method: str = "l1", scope: str = "global", keep_dense=()) -> None:
+        super().__init__(ratio, keep_dense)
+        check(method in CRITERIA, f"pruning.method={method!r} is unknown; choose one of {sorted(CRITERIA)}.")
+        check(scope in SCOPES, f"pruning.scope={scope!r} is unknown; choose one of {list(SCOPES)}.")
+        self.method, self.scope = method, scope
+
+    def __call__(self, model, example=None, ratio=None):
+        return prune(model, self.ratio if ratio is None else ratio, self.method, self.scope, self.keep_dense)
+
+    def describe(self) -> str:
+        return f"{self.ratio:.0%} {self.method}"
+
+    def settings(self) -> dict:
+        return {"pruning_ratio": self.ratio, "pruning_method": self.method, "pruning_scope": self.scope,
+                "pruning_keep_dense": self.keep_dense}
+
+
+class Iterative(Unstructured):
+    """The final ratio in ``rounds`` steps (Zhu & Gupta's cubic schedule, or linear), with a
+    recovery after each round; the rounds share the recovery's budget of KD steps. Each round
+    prunes by magnitude to its ratio of the whole network: the zeros of earlier rounds are the
+    smallest weights, so they stay pruned."""
+
+    def __init__(self, ratio: float = 0.9, method: str = "l1", scope: str = "global", keep_dense=(),
+                 rounds: int = 3, schedule: str = "cubic") -> None:
+        super().__init__(ratio, method, scope, keep_dense)
+        check(method == "l1", f"pruning=iterative needs pruning.method=l1 (got {method!r}): random re-pruning "
+              f"would bring pruned weights back.")
+        check(isinstance(rounds, int) and rounds >= 1, f"pruning.rounds={rounds!r} must be a whole number >= 1.")
+        check(schedule in SCHEDULES, f"pruning.schedule={schedule!r} is unknown; choose one of {list(SCHEDULES)}.")
+        self.n_rounds, self.schedule = rounds, schedule
+
+    def rounds(self) -> list[float]:
+        k = self.n_rounds
+        if self.schedule == "linear":
+            return [self.ratio * (i + 1) / k for i in range(k)]
+        return [self.ratio * (1 - (1 - (i + 1) / k) ** 3) for i in range(k)]
+
+    def __call__(self, model, example=None, ratio=None):
+        return super().__call__(make_permanent(model), example, ratio)
+
+    def describe(self) -> str:
+        return f"{self.ratio:.0%} l1 in {self.n_rounds} {self.schedule} rounds"
+
+    def settings(self) -> dict:
+        return {**super().settings(), "pruning_method": f"l1 {self.n_rounds}x{self.schedule}",
+                "pruning_rounds": [round(r, 4) for r in self.rounds()]}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Data-free recovery after structured pruning (50% of the FLOPs) on the CPU-reduced CIFAR-10
+# setting (issue 15): which settings recover most, chosen on the validation split (5,000 train
+# images the teacher never saw); one cached teacher (teacher.seed=0), seed 0. Each run is
+# `+experiment=cifar10_cpu_reduced pruning=structured pruning.ratio=0.5` plus:
+#   dream_kd          the defaults (300 KD steps, lr 0.03): the structured run of cifar10_deploy.sh
+#   real_kd           the same KD on the real train split: the ceiling
+#   lr0.1             recovery.optimizer.lr=0.1
+#   l2_global         pruning.importance=l2 pruning.scope=global
+#   steps1000         recovery.steps=1000
+# and, with RUNS="bn_scale real_kd_steps1000": pruning.importance=bn_scale; real_kd for 1000 steps.
+# About 5 minutes a run on 2 idle cores (13 for 1000 steps). Table:
+# experiments/results/cifar10_structured_levers/results.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -d .data/cifar10-jpg ] || { mkdir -p .data && tar xzf ../shared/data/cifar10-jpg.tar.gz -C .data/; }
+out=outputs/bench/cifar10_structured_levers
+declare -A extra=(
+    [real_kd]="recovery=real_kd" [lr0.1]="recovery.optimizer.lr=0.1"
+    [l2_global]="pruning.importance=l2 pruning.scope=global" [bn_scale]="pruning.importance=bn_scale"
+    [steps1000]="recovery.steps=1000" [real_kd_steps1000]="recovery=real_kd recovery.steps=1000")
+[ -f outputs/bench/cifar10_deploy/structured/results.json ] || METHODS=structured bash experiments/cifar10_deploy.sh
+for name in ${RUNS:-real_kd lr0.1 l2_global steps1000}; do
+    [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
+        teacher.seed=0 seed=0 pruning=structured pruning.ratio=0.5 deploy=none ${extra[$name]} \
+        hydra.run.dir="$out/$name"
+done
+mkdir -p experiments/results/cifar10_structured_levers
+.venv/bin/python - "$out" outputs/bench/cifar10_deploy/structured <<'PY' | tee experiments/results/cifar10_structured_levers/results.md
+import json, sys
+from pathlib import Path
+print("| run | pruning | recovery | steps | teacher % | pruned % | validation % | test % | recover s |")
+print("|---|---|---|---|---|---|---|---|---|")
+for path in [Path(sys.argv[2]) / "results.json", *sorted(Path(sys.argv[1]).glob("*/results.json"))]:
+    r = json.loads(path.read_text()); c = r["config"]
+    name = "dream_kd (defaults)" if path.parent == Path(sys.argv[2]) else path.parent.name
+    print(f"| {name} | {c['pruning_method']} {c['pruning_scope']} | {c['recovery']} | {c['recovery_steps']} | "
+          f"{100 * r['teacher']['acc']:.2f} | {100 * r['pruned']['acc']:.2f} | {100 * r['recovered']['val_acc']:.2f} | "
+          f"{100 * r['recovered']['acc']:.2f} | {r['times']['recover']:.0f} |")
+PY

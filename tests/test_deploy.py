@@ -1,0 +1,114 @@
+"""Deployment figures: what the student buys is measured, and the exported student runs without dfkd."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dfkd import pruning
+from dfkd.deploy import Deployment
+from dfkd.errors import DfkdError
+from dfkd.models import DigitsCNN
+from dfkd.run import run
+
+
+def _model():
+    torch.manual_seed(0)
+    return DigitsCNN(width=16).eval()
+
+
+def test_figures_tell_structured_from_unstructured_pruning(tmp_path):
+    teacher = _model()
+    masked = pruning.make_permanent(pruning.prune(_model(), 0.9))
+    thin = pruning.Structured(0.5)(_model(), torch.zeros(1, 1, 8, 8))
+    measure = Deployment(latency=False, export=False, onnx=False)
+    dense, sparse, small = (measure.measure(m, (1, 8, 8)) for m in (teacher, masked, thin))
+    assert sparse["params"] == dense["params"] and sparse["flops"] == dense["flops"]  # same shapes
+    assert sparse["nonzero_params"] < 0.15 * dense["params"]
+    assert sparse["compressed_bytes"] < 0.5 * dense["compressed_bytes"] and sparse["file_bytes"] == dense["file_bytes"]
+    assert small["flops"] <= 0.5 * dense["flops"] * 1.001 and small["params"] < 0.6 * dense["params"]
+    assert small["file_bytes"] < 0.6 * dense["file_bytes"]
+    # torch's counter: 2 FLOPs a multiply-add, at each output position (maps of 8x8, 8x8, 4x4, then 1)
+    positions = (64, 64, 16, 1)
+    assert dense["flops"] == 2 * sum(layer.weight.numel() * n for (_, layer), n in zip(pruning.prunable(teacher), positions))
+
+
+def test_latency_is_measured_at_each_batch_size_with_the_threads_stated(tmp_path):
+    found = Deployment(batch_sizes=[1, 4], threads=1, export=False, onnx=False)(_model(), _model(), (1, 8, 8), tmp_path)
+    assert found["threads"] == 1 and set(found["speedup"]) == {"1", "4"}
+    for who in ("teacher", "student"):
+        assert all(0 < ms < 1000 for ms in found[who]["latency_ms"].values())
+    assert torch.get_num_threads() >= 1
+
+
+def test_the_exported_student_runs_without_dfkd_and_onnx_runtime_agrees(tmp_path):
+    student = pruning.Structured(0.5)(_model(), torch.zeros(1, 1, 8, 8))
+    found = Deployment(latency=False)(_model(), student, (1, 8, 8), tmp_path)
+    assert found["onnx"]["matches"] and found["onnx"]["max_abs_difference"] < 1e-3
+    x = torch.randn(5, 1, 8, 8)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        expected = student(x)
+    code = ("import sys, torch; m = torch.export.load(sys.argv[1]).module(); x = torch.load(sys.argv[2]); "
+            "torch.save(m(x), sys.argv[3]); assert not any(k.startswith('dfkd') for k in sys.modules)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "student.pt2"), str(tmp_path / "x.pt"),
+                    str(tmp_path / "y.pt")], check=True, cwd=tmp_path)
+    assert torch.allclose(torch.load(tmp_path / "y.pt"), expected, atol=1e-5)
+
+
+def test_a_failed_export_is_reported_not_fatal(tmp_path):
+    class Unexportable(torch.nn.Module):
+        def forward(self, x):
+            return torch.from_numpy(x.numpy()).flatten(1)[:, :10]  # leaves torch: no graph to export
+
+    found = Deployment(latency=False)(_model(), Unexportable(), (1, 8, 8), tmp_path)
+    assert "error" in found["export"]
+    from dfkd.report import deployment_warnings
+
+    assert any("Exporting the student (export) failed" in w for w in deployment_warnings(found))
+
+
+@pytest.mark.parametrize("setting", ["deploy.batch_sizes=[0]", "deploy.threads=0"])
+def test_bad_deploy_settings_are_refused_before_work(make_cfg, setting):
+    with pytest.raises(DfkdError, match=setting.split("=")[0].replace(".", r"\.")):
+        run(make_cfg(setting))
+
+
+@pytest.mark.slow
+def test_a_structured_run_reports_what_it_buys(make_cfg, tmp_path):
+    results = run(make_cfg("pruning=structured", "deploy=default", "deploy.batch_sizes=[1,8]"))
+    d = results["deployment"]
+    assert d["flops_ratio"] <= 0.5 * 1.001 and d["onnx"]["matches"] and "path" in d["export"]
+    assert results["recovered"]["acc"] >= results["pruned"]["acc"]
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["deployment"]["student"]["params"] < on_disk["deployment"]["teacher"]["params"]
+    assert on_disk["pruning"]["removed"] >= 0.5 - 1e-3
+    for name in ("student.pt", "student.pt2", "student.onnx"):
+        assert (tmp_path / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_iterative_pruning_shares_the_budget_and_keeps_each_round(make_cfg, tmp_path, caplog):
+    import logging
+
+    results = run(make_cfg("pruning=iterative", "pruning.rounds=2", "recovery.steps=40"))
+    rounds = results["pruning"]["rounds"]
+    assert [r["ratio"] for r in rounds] == pytest.approx([0.9 * (1 - 0.5 ** 3), 0.9])
+    assert [r["steps"] for r in rounds] == [20, 20]
+    assert rounds[0]["recovered"]["acc"] > rounds[0]["pruned"]["acc"] - 0.01
+    assert results["recovered"]["sparsity"] >= 0.9 - 1e-3
+    assert (tmp_path / "round_1" / "student.pt").is_file()
+    # interrupted after the first round: a resume keeps that round and recovers the second
+    (tmp_path / "results.json").unlink()
+    with caplog.at_level(logging.INFO):
+        again = run(make_cfg("pruning=iterative", "pruning.rounds=2", "recovery.steps=40", f"resume={tmp_path}"))
+    assert f"Round kept from {tmp_path / 'round_1' / 'student.pt'}" in caplog.text
+    assert again["pruning"]["rounds"][0]["recovered"] == rounds[0]["recovered"]
+    assert again["recovered"]["sparsity"] >= 0.9 - 1e-3
+
+
+def test_more_rounds_than_steps_are_refused(make_cfg):
+    with pytest.raises(DfkdError, match=r"pruning\.rounds=5.*recovery\.steps=3"):
+        run(make_cfg("pruning=iterative", "pruning.rounds=5", "recovery.steps=3"))
