@@ -61,14 +61,14 @@ class Deployment:
     models on the CPU and exports the student into ``out``."""
 
     def __init__(self, latency: bool = True, batch_sizes=(1, 64), threads: int | None = None,
-                 export: bool = True, onnx: bool = True) -> None:
+                 export: bool = True, onnx: bool = True, channels_last: bool = True) -> None:
         sizes = list(batch_sizes or [])
         check(all(isinstance(b, int) and b >= 1 for b in sizes),
               f"deploy.batch_sizes={sizes} must be whole numbers >= 1, e.g. [1, 64].")
         check(threads is None or (isinstance(threads, int) and threads >= 1),
               f"deploy.threads={threads!r} must be null (torch's default) or a whole number >= 1.")
         self.latency, self.batch_sizes, self.threads = bool(latency), sizes, threads
-        self.export, self.onnx = bool(export), bool(onnx)
+        self.export, self.onnx, self.channels_last = bool(export), bool(onnx), bool(channels_last)
 
     @staticmethod
     def measure(model: nn.Module, image_shape) -> dict:
@@ -87,9 +87,13 @@ class Deployment:
             torch.set_num_threads(self.threads or threads)
             try:
                 found["threads"] = torch.get_num_threads()
-                models, generator = [on_cpu(teacher), on_cpu(student)], torch.Generator().manual_seed(0)
+                layout = torch.channels_last if self.channels_last and len(image_shape) == 3 else torch.contiguous_format
+                found["memory_format"] = "channels_last" if layout is torch.channels_last else "contiguous"
+                models = [on_cpu(m).to(memory_format=layout) for m in (teacher, student)]
+                generator = torch.Generator().manual_seed(0)
                 for b in self.batch_sizes:
-                    times = latency_ms(models, torch.randn(b, *image_shape, generator=generator))
+                    x = torch.randn(b, *image_shape, generator=generator).contiguous(memory_format=layout)
+                    times = latency_ms(models, x)
                     for who, ms in zip(("teacher", "student"), times):
                         found[who].setdefault("latency_ms", {})[str(b)] = ms
             finally:

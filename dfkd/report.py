@@ -109,7 +109,8 @@ def deployment_lines(found: dict | None) -> list[str]:
         lines.append(line + "".join(f"{r['latency_ms'][b]:10.2f}" for b in sizes))
     if "speedup" in found:
         speed = ", ".join(f"{x:.2f}x at batch {b}" for b, x in found["speedup"].items())
-        lines.append(f"student vs teacher: {speed} ({found['threads']} CPU threads); "
+        lines.append(f"student vs teacher: {speed} ({found['threads']} CPU threads, "
+                     f"{found.get('memory_format', 'contiguous')}); "
                      f"FLOPs x{found['flops_ratio']:.2f}, compressed file x{found['compressed_ratio']:.2f}")
     saved = [Path(found[k]["path"]).name for k in ("export", "onnx") if "path" in found.get(k, {})]
     if saved:

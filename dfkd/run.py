@@ -162,7 +162,8 @@ class Stages:
 
 def check_settings(cfg: DictConfig):
     """The checks that need neither data nor a teacher (every job of a sweep passes them before
-    the first job starts); returns the data module (not set up), the recovery and the pruner."""
+    the first job starts); returns the data module (not set up), the recovery, the pruner and the
+    deployment measurement."""
     refuse_missing(cfg)
     check(isinstance(cfg.seed, int), f"seed={cfg.seed!r} must be a whole number (e.g. seed=0).")
     floor = cfg.teacher.get("min_accuracy")

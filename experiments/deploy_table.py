@@ -21,5 +21,5 @@ for path in sorted(Path(sys.argv[1]).glob("*/results.json")):
         after = rd.get("recovered", rec)
         print(f"|   round {k + 1}: {100 * rd['ratio']:.1f}%, {rd['steps']} steps | | {100 * rd['pruned']['acc']:.2f} | | "
               f"{100 * after['acc']:.2f} | | | | | | | | |")
-print(f"\nCPU threads for latency: {d['threads']}; the 2:4 student's speed with sparse GPU kernels: not measured "
+print(f"\nCPU threads for latency: {d['threads']}, {d.get('memory_format', 'contiguous')}; the 2:4 student's speed with sparse GPU kernels: not measured "
       f"(no GPU).")

@@ -1,7 +1,7 @@
 """CPU latency of structured pruning at full width (issue 15): each built-in CIFAR architecture at
 its standard width, untrained (latency does not depend on the weights), pruned by
 conf/pruning/structured.yaml's defaults to RATIO of its FLOPs, timed by dfkd.deploy at batch 1 and
-64 with THREADS CPU threads. No accuracy here: experiments/cifar10_deploy.sh measures that on the
+64 with THREADS CPU threads, both models in channels_last (deploy.channels_last's default). No accuracy here: experiments/cifar10_deploy.sh measures that on the
 CPU-reduced setting.
 
     .venv/bin/python experiments/structured_latency.py [RATIO=0.5] [THREADS=1]
@@ -22,7 +22,7 @@ models = {"resnet18": lambda: cifar.resnet18(), "resnet50": lambda: cifar.resnet
           "mobilenetv2": lambda: cifar.mobilenetv2(), "vgg16": lambda: cifar.vgg16(),
           "resnet18 width 16": lambda: cifar.resnet18(width=16)}
 lines = [f"Structured pruning ({ratio:.0%} of FLOPs, uniform L1 channels, classifier dense), CPU, {threads} thread(s), "
-         f"torch {torch.__version__}; median ms of repeated runs after warm-up.", "",
+         f"channels_last (both models), torch {torch.__version__}; median ms of repeated runs after warm-up.", "",
          "| model | params teacher -> student | FLOPs teacher -> student | ms @1 teacher -> student | speed-up @1 | "
          "ms @64 teacher -> student | speed-up @64 |", "|---|---|---|---|---|---|---|"]
 measure = Deployment(batch_sizes=[1, 64], threads=threads, export=False, onnx=False)

@@ -7,8 +7,11 @@ from dfkd.run import run
 pytestmark = pytest.mark.slow
 
 # The code paths, not quality: a 1-epoch teacher need not learn (teacher.min_accuracy=0 keeps it).
+# Per-layer pruning: global pruning of such a barely trained width-4 network can empty a whole layer,
+# which is refused (tests/test_pruning.py).
 TINY = ["data=image_folder", "data.num_classes=3", "data.image_size=32", "data.batch_size=6",
         "data.num_workers=0", "teacher.epochs=1", "teacher.min_accuracy=0", "pruning.ratio=0.8",
+        "pruning.scope=layer",
         "recovery.steps=2",
         "recovery.batch_size=4", "recovery.val_every_n_steps=2", "synthesis.synthesizer.warmup_steps=2",
         "synthesis.synthesizer.g_steps=1",

@@ -38,6 +38,7 @@ def test_figures_tell_structured_from_unstructured_pruning(tmp_path):
 def test_latency_is_measured_at_each_batch_size_with_the_threads_stated(tmp_path):
     found = Deployment(batch_sizes=[1, 4], threads=1, export=False, onnx=False)(_model(), _model(), (1, 8, 8), tmp_path)
     assert found["threads"] == 1 and set(found["speedup"]) == {"1", "4"}
+    assert found["memory_format"] == "channels_last"
     for who in ("teacher", "student"):
         assert all(0 < ms < 1000 for ms in found[who]["latency_ms"].values())
     assert torch.get_num_threads() >= 1

@@ -54,11 +54,12 @@ def check_ratio(ratio, what: str = "the fraction of conv and linear weights set 
 
 
 def check_no_layer_removed(model: nn.Module, ratio: float, hint: str) -> None:
-    """A pruned layer whose every weight is zero cuts the network: refuse it, naming the layer."""
+    """A pruned layer whose every weight is zero is removed for good (its outputs no longer depend
+    on its inputs, and masked weights never come back): refuse it, naming the layer."""
     for name, m in prunable(model):
         if is_masked(m) and not bool(m.weight_mask.any()):
-            raise DfkdError(f"pruning.ratio={ratio} removes every weight of layer {name}, which would cut the "
-                            f"network in two: {hint}")
+            raise DfkdError(f"pruning.ratio={ratio} removes every weight of layer {name}: its outputs would no "
+                            f"longer depend on its inputs, and recovery cannot bring it back: {hint}")
 
 
 def is_masked(module: nn.Module) -> bool:

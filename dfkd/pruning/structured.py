@@ -10,6 +10,8 @@ first (global)."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch_pruning as tp
 from torch import nn
