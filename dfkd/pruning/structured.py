@@ -59,8 +59,6 @@ class Structured(Pruner):
     def validate(self, model, example):
         """Prune a copy of the (untrained) architecture: a target that cannot be reached is refused
         now, before a teacher is trained."""
-        import copy
-
         model = copy.deepcopy(model)
         generator = torch.Generator().manual_seed(0)
         for m in model.modules():  # an untrained network's BatchNorm scales are all 1: bn_scale would tie
