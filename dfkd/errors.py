@@ -8,3 +8,8 @@ class DfkdError(Exception):
 def check(condition: bool, message: str) -> None:
     if not condition:
         raise DfkdError(message)
+
+
+def check_choice(setting: str, value, choices) -> None:
+    """Refuse a ``value`` of ``setting`` that is not among ``choices``, listing them."""
+    check(value in choices, f"{setting}={value!r} is unknown; choose one of {list(choices)}.")

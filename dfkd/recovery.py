@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dfkd.data import ImageDataModule
-from dfkd.errors import DfkdError, check
+from dfkd.errors import DfkdError, check, check_choice
 from dfkd.models import has_batchnorm
 from dfkd.modules import ClassifierModule, DistillModule, NetModule, recalibrate_batchnorm
 from dfkd.synthesis import SynthesisMonitor, SyntheticDataModule
@@ -61,8 +61,7 @@ class Recovery:
         check(0.0 <= float(warmup_fraction) < 1.0,
               f"recovery.warmup_fraction={warmup_fraction} must lie in [0, 1).")
         check(int(val_every_n_steps) >= 1, f"recovery.val_every_n_steps={val_every_n_steps} must be >= 1.")
-        check(student_bn in STUDENT_BN, f"recovery.student_bn={student_bn!r} is unknown; choose one of "
-              f"{list(STUDENT_BN)}.")
+        check_choice("recovery.student_bn", student_bn, STUDENT_BN)
         self.student_bn = student_bn
         self.name, self.steps, self.batch_size = name, int(steps), int(batch_size)
         self.temperature, self.ce_weight = float(temperature), float(ce_weight)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -242,28 +243,37 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path) -> Path:
-    """Recovered accuracy against sparsity, one line per method, error bars over seeds."""
+@contextlib.contextmanager
+def _figure(path: Path, xlabel: str, legend_size=None):
+    """One plot's axes; labelled, gridded, with its legend, and saved to ``path`` on exit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for method in sorted({r["recovery"] for r in rows}):
-        points = sorted((r["pruning_ratio"], *r["recovered"]) for r in rows if r["recovery"] == method)
-        xs, means, stds = zip(*points)
-        ax.errorbar(xs, [100 * m for m in means], yerr=[100 * s for s in stds], marker="o",
-                    capsize=3, label=method)
-    teacher = [100 * r["teacher"][0] for r in rows]
-    ax.axhline(sum(teacher) / len(teacher), color="grey", linestyle="--", label="teacher")
-    ax.set_xlabel("sparsity (fraction of weights pruned)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        yield ax
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_size)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """Recovered accuracy against sparsity, one line per method, error bars over seeds."""
+    with _figure(path, "sparsity (fraction of weights pruned)") as ax:
+        for method in sorted({r["recovery"] for r in rows}):
+            points = sorted((r["pruning_ratio"], *r["recovered"]) for r in rows if r["recovery"] == method)
+            xs, means, stds = zip(*points)
+            ax.errorbar(xs, [100 * m for m in means], yerr=[100 * s for s in stds], marker="o",
+                        capsize=3, label=method)
+        teacher = [100 * r["teacher"][0] for r in rows]
+        ax.axhline(sum(teacher) / len(teacher), color="grey", linestyle="--", label="teacher")
     return path
 
 
@@ -273,24 +283,13 @@ def plot_latency(rows: list[dict], path: Path) -> Path | None:
     timed = [r for r in rows if r.get("latency_ms") is not None]
     if not timed:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for r in timed:
-        ax.errorbar(r["latency_ms"], 100 * r["recovered"][0], yerr=100 * r["recovered"][1], marker="o", capsize=3,
-                    label=f"{r['pruning_method']} {r['pruning_ratio']:.2f}, {r['recovery']}")
-    ax.scatter([sum(r["teacher_latency_ms"] for r in timed) / len(timed)],
-               [100 * sum(r["teacher"][0] for r in timed) / len(timed)], marker="*", s=150, color="black", label="teacher")
-    ax.set_xlabel(f"CPU latency at batch {timed[0]['latency_batch']} (ms)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with _figure(path, f"CPU latency at batch {timed[0]['latency_batch']} (ms)", legend_size=7) as ax:
+        for r in timed:
+            ax.errorbar(r["latency_ms"], 100 * r["recovered"][0], yerr=100 * r["recovered"][1], marker="o",
+                        capsize=3, label=f"{r['pruning_method']} {r['pruning_ratio']:.2f}, {r['recovery']}")
+        ax.scatter([sum(r["teacher_latency_ms"] for r in timed) / len(timed)],
+                   [100 * sum(r["teacher"][0] for r in timed) / len(timed)], marker="*", s=150, color="black",
+                   label="teacher")
     return path
 
 

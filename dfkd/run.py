@@ -80,15 +80,16 @@ def run(cfg: DictConfig) -> dict:
         student, pruned, synthesis, rounds = stages.prune_and_recover(prune, recovery, real_data=not strict)
         student = pruning.make_permanent(student.cpu())
         prune.check_kept(student)
+        zeros = pruning.sparsity(student)
         with times("evaluate"):
-            recovered = {**judge(student, teacher, validation=True), "sparsity": pruning.sparsity(student)["overall"]}
+            recovered = {**judge(student, teacher, validation=True), "sparsity": zeros["overall"]}
         log.info("Recovered (%s): %s", recovery.name, headline(recovered))
         results = {
             "teacher": teacher_info, "pruned": pruned, "recovered": recovered, "real_data_read": not strict,
             "config": {"model": cfg.model.name, "data": cfg.data.name, **prune.settings(),
                        **recovery.settings(), "synthesis": synthesis.get("synthesizer"), "seed": cfg.seed},
             "synthesis": synthesis, "pruning": {"rounds": rounds, **getattr(prune, "found", {})},
-            "sparsity_layers": pruning.sparsity(student)["layers"], "student_path": str(out / "student.pt")}
+            "sparsity_layers": zeros["layers"], "student_path": str(out / "student.pt")}
         if rank_zero_only.rank == 0:  # under DDP every rank ran the pipeline; one writes it down
             torch.save(student.state_dict(), out / "student.pt")  # kept first, whatever comes next
             with times("deploy"):

@@ -17,8 +17,8 @@ import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from dfkd.errors import DfkdError, check
-from dfkd.pruning.common import Pruner, check_ratio, dense_names, prunable, undone
+from dfkd.errors import DfkdError, check, check_choice
+from dfkd.pruning.common import Pruner, check_ratio, dense_names, prunable, sparsity, undone
 
 IMPORTANCE = {"l1": lambda: tp.importance.MagnitudeImportance(p=1),
               "l2": lambda: tp.importance.MagnitudeImportance(p=2),
@@ -48,9 +48,9 @@ class Structured(Pruner):
     def __init__(self, ratio: float = 0.5, target: str = "flops", importance: str = "l1", scope: str = "uniform",
                  keep_dense=("last",), round_to: int | None = None) -> None:
         super().__init__(check_ratio(ratio, f"the fraction of the {target} removed"), keep_dense)
-        check(target in TARGETS, f"pruning.target={target!r} is unknown; choose one of {list(TARGETS)}.")
-        check(importance in IMPORTANCE, f"pruning.importance={importance!r} is unknown; choose one of {sorted(IMPORTANCE)}.")
-        check(scope in SCOPES, f"pruning.scope={scope!r} is unknown; choose one of {list(SCOPES)}.")
+        check_choice("pruning.target", target, TARGETS)
+        check_choice("pruning.importance", importance, sorted(IMPORTANCE))
+        check_choice("pruning.scope", scope, SCOPES)
         check(round_to is None or (isinstance(round_to, int) and round_to >= 1),
               f"pruning.round_to={round_to!r} must be null or a whole number of channels >= 1.")
         self.target, self.importance, self.scope, self.round_to = target, importance, scope, round_to
@@ -104,8 +104,7 @@ class Structured(Pruner):
         channels = {n: int(m.weight.shape[0]) for n, m in prunable(model)}
         if self.found and channels != self.found["channels"]:
             raise undone("the student's channel counts changed")
-        zeros = sum(int((m.weight == 0).sum()) for _, m in prunable(model))
-        return zeros / sum(m.weight.numel() for _, m in prunable(model))
+        return sparsity(model)["overall"]
 
     def describe(self) -> str:
         if self.found:

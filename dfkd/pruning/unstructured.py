@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from dfkd.errors import check
+from dfkd.errors import check, check_choice
 from dfkd.pruning.common import Pruner, check_no_layer_removed, check_ratio, make_permanent, targets
 
 CRITERIA = {"l1": tprune.L1Unstructured, "random": tprune.RandomUnstructured}
@@ -24,8 +24,7 @@ def prune(model: nn.Module, ratio: float, method: str = "l1", scope: str = "glob
     """Zero ``ratio`` of the conv/linear weights in place: by magnitude (l1) or at random, ranked
     across the whole network (global) or within each layer (layer); ``keep_dense`` layers stay dense."""
     ratio = check_ratio(ratio)
-    check(method in CRITERIA, f"pruning.method={method!r} is unknown; choose one of {sorted(CRITERIA)}.")
-    check(scope in SCOPES, f"pruning.scope={scope!r} is unknown; choose one of {list(SCOPES)}.")
+    check_method_and_scope(method, scope)
     layers = targets(model, keep_dense)
     model.to(memory_format=torch.contiguous_format)  # a GPU-trained teacher may be channels_last
     if scope == "global":
@@ -38,14 +37,18 @@ def prune(model: nn.Module, ratio: float, method: str = "l1", scope: str = "glob
     return model
 
 
+def check_method_and_scope(method: str, scope: str) -> None:
+    check_choice("pruning.method", method, sorted(CRITERIA))
+    check_choice("pruning.scope", scope, SCOPES)
+
+
 class Unstructured(Pruner):
     """Unstructured pruning of every conv and linear weight (but ``keep_dense``) to ``ratio``, by
     |weight| (l1) or at random, globally or per layer."""
 
     def __init__(self, ratio: float = 0.9, method: str = "l1", scope: str = "global", keep_dense=()) -> None:
         super().__init__(ratio, keep_dense)
-        check(method in CRITERIA, f"pruning.method={method!r} is unknown; choose one of {sorted(CRITERIA)}.")
-        check(scope in SCOPES, f"pruning.scope={scope!r} is unknown; choose one of {list(SCOPES)}.")
+        check_method_and_scope(method, scope)
         self.method, self.scope = method, scope
 
     def __call__(self, model, example=None, ratio=None):
@@ -71,7 +74,7 @@ class Iterative(Unstructured):
         check(method == "l1", f"pruning=iterative needs pruning.method=l1 (got {method!r}): random re-pruning "
               f"would bring pruned weights back.")
         check(isinstance(rounds, int) and rounds >= 1, f"pruning.rounds={rounds!r} must be a whole number >= 1.")
-        check(schedule in SCHEDULES, f"pruning.schedule={schedule!r} is unknown; choose one of {list(SCHEDULES)}.")
+        check_choice("pruning.schedule", schedule, SCHEDULES)
         self.n_rounds, self.schedule = rounds, schedule
 
     def rounds(self) -> list[float]:
