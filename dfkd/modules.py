@@ -3,8 +3,9 @@ distillation of a frozen teacher into a (pruned) student."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import lightning as L
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from dfkd.errors import DfkdError, check
+from dfkd.errors import DfkdError, check, check_choice
 from dfkd.models import batchnorm_layers
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -29,6 +30,46 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     t = temperature
     return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
                     reduction="batchmean", log_target=True) * t * t
+
+
+# where the optional feature term of KD compares student and teacher: the input of the classifier
+# (the penultimate features), or the input of every BatchNorm layer (each convolution's output)
+FEATURE_LAYERS = ("penultimate", "batchnorm")
+
+
+def feature_taps(model: nn.Module, layers: str) -> list[nn.Module]:
+    """The modules whose *input* the feature term compares (see FEATURE_LAYERS)."""
+    if layers == "penultimate":
+        return [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+    return list(batchnorm_layers(model))
+
+
+@contextlib.contextmanager
+def captured_inputs(modules: list[nn.Module]) -> Iterator[list[torch.Tensor]]:
+    """The first input of each of ``modules``, in the order the forward pass reaches them; the
+    hooks are gone afterwards (a saved or exported student carries none)."""
+    seen: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda module, args, out: seen.append(args[0])) for m in modules]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def feature_loss(student: list[torch.Tensor], teacher: list[torch.Tensor],
+                 scales: list[torch.Tensor | None]) -> torch.Tensor:
+    """Mean over the tapped layers of the squared student-teacher difference in units that do
+    not depend on the layer: per channel in the teacher's running standard deviation (``scale``,
+    BatchNorm inputs), else relative to the teacher's feature energy (penultimate features)."""
+    terms = []
+    for s, t, scale in zip(student, teacher, scales):
+        s, t = s.float(), t.float()
+        if scale is not None:
+            terms.append(((s - t) / scale.view(1, -1, *([1] * (t.dim() - 2)))).pow(2).mean())
+        else:
+            terms.append((s - t).pow(2).flatten(1).sum(1).mean() / t.pow(2).flatten(1).sum(1).mean().clamp_min(1e-8))
+    return torch.stack(terms).mean()
 
 
 @torch.no_grad()
@@ -148,15 +189,21 @@ class ClassifierModule(NetModule):
 
 class DistillModule(NetModule):
     """Frozen teacher -> student by KL at temperature T (x T^2), plus optional CE on the
-    teacher's labels. The batch's own labels are never used: the transfer set may be dreams."""
+    teacher's labels and an optional feature term (``feature_weight`` x feature_loss at
+    ``feature_layers``: the student mimics the teacher's intermediate features, which a pruned
+    student of the same architecture can do layer for layer). The batch's own labels are never
+    used: the transfer set may be dreams."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, num_classes: int,
                  optimizer: OptimizerFactory, temperature: float = 4.0, ce_weight: float = 0.0,
-                 **schedule) -> None:
+                 feature_weight: float = 0.0, feature_layers: str = "penultimate", **schedule) -> None:
         super().__init__(student, num_classes, optimizer, **schedule)
         self.save_hyperparameters(ignore=["teacher", "student", "optimizer"])
         self.teacher = freeze(teacher)
         self.agreement = MulticlassAccuracy(num_classes, average="micro")
+        self.taps: tuple[list[nn.Module], list[nn.Module]] | None = None
+        if feature_weight:
+            self.taps = matching_taps(self.teacher, student, feature_layers, feature_weight)
 
     def train(self, mode: bool = True) -> DistillModule:
         super().train(mode)
@@ -165,13 +212,39 @@ class DistillModule(NetModule):
 
     def training_step(self, batch, batch_idx):
         x = batch[0]
-        with torch.no_grad():
+        teacher_taps, student_taps = self.taps or ([], [])
+        with torch.no_grad(), captured_inputs(teacher_taps) as teacher_features:
             teacher_logits = self.teacher(x)
-        logits = self.net(x)
+        with captured_inputs(student_taps) as student_features:
+            logits = self.net(x)
         loss = kd_loss(logits, teacher_logits, self.hparams.temperature)
+        if self.taps:
+            scales = [(t.running_var + t.eps).sqrt() if isinstance(t, nn.modules.batchnorm._BatchNorm) else None
+                      for t in teacher_taps]
+            features = feature_loss(student_features, teacher_features, scales)
+            self.log("train/feature_loss", features)
+            loss = loss + self.hparams.feature_weight * features
         if self.hparams.ce_weight:
             loss = loss + self.hparams.ce_weight * F.cross_entropy(logits, teacher_logits.argmax(1))
         self.check_finite(loss, "recovery")
         self.agreement(logits.argmax(1), teacher_logits.argmax(1))
         self.log_dict({"train/kd_loss": loss, "train/agreement": self.agreement}, prog_bar=True)
         return loss
+
+
+def matching_taps(teacher: nn.Module, student: nn.Module, layers: str,
+                  weight: float) -> tuple[list[nn.Module], list[nn.Module]]:
+    """The teacher's and the student's layers the feature term compares, refused where they do
+    not pair up one to one with the same widths (a structurally pruned student)."""
+    check_choice("recovery.feature_layers", layers, FEATURE_LAYERS)
+    pairs = feature_taps(teacher, layers), feature_taps(student, layers)
+
+    def widths(modules):
+        return [m.in_features if isinstance(m, nn.Linear) else m.num_features for m in modules]
+
+    check(bool(pairs[0]) and widths(pairs[0]) == widths(pairs[1]),
+          f"recovery.feature_weight={weight:g} needs the student's and the teacher's "
+          f"{layers} layers to match one to one ({widths(pairs[0])} in the teacher, {widths(pairs[1])} in the "
+          f"student; structured pruning changes the widths): set recovery.feature_weight=0, or "
+          f"recovery.feature_layers=penultimate if the classifiers' inputs still match.")
+    return pairs

@@ -175,6 +175,10 @@ def check_settings(cfg: DictConfig):
     rounds = len(prune.rounds())
     check(rounds <= recovery.steps, f"pruning.rounds={rounds} rounds share recovery.steps={recovery.steps}: give "
           f"each round at least one step (raise recovery.steps or lower pruning.rounds).")
+    check(not (prune.structured and recovery.feature_weight),
+          f"recovery.feature_weight={recovery.feature_weight:g} makes the student mimic the teacher's features layer "
+          f"for layer, but pruning=structured removes channels, so the layers no longer pair up: set "
+          f"recovery.feature_weight=0 with structured pruning.")
     return build(cfg.data, "data"), recovery, prune, build(cfg.deploy, "deploy")
 
 

@@ -150,13 +150,16 @@ def _no_work_done(cache_dir: Path, out: Path) -> bool:
     ("pruning.method=magic", "pruning.method"),
     ("recovery.steps=0", "recovery.steps"),
     ("recovery.pool.size=10", "recovery.pool"),
+    ("recovery.feature_weight=-1", "recovery.feature_weight"),
+    ("recovery.feature_layers=conv", "recovery.feature_layers"),
+    ("pruning=structured recovery.feature_weight=1", "recovery.feature_weight=0 with structured"),
     ("synthesis.synthesizer.g_steps=0", "synthesis.synthesizer.g_steps"),
     ("pruning.ratio=abc", "pruning.ratio"),
     ("data.num_classes=7", "data.num_classes"),
     ("teacher.checkpoint=/nonexistent/teacher.pt", "teacher.checkpoint"),
 ])
 def test_bad_settings_stop_before_any_work(make_cfg, tmp_path, override, setting):
-    cfg = make_cfg(override, f"paths.cache_dir={tmp_path / 'cache'}")
+    cfg = make_cfg(*override.split(), f"paths.cache_dir={tmp_path / 'cache'}")
     with pytest.raises(DfkdError, match=setting.replace(".", r"\.")):
         run(cfg)
     assert _no_work_done(tmp_path / "cache", tmp_path)

@@ -97,3 +97,66 @@ def test_synthesis_borrowing_the_student_leaves_each_layer_in_its_mode():
         assert not any(p.requires_grad for p in student.parameters())
     assert student.training and student.features[0].training and not student.features[1].training
     assert all(p.requires_grad for p in student.parameters())
+
+
+def test_feature_loss_is_zero_for_equal_features_and_free_of_the_layer_scale():
+    from dfkd.modules import feature_loss
+
+    torch.manual_seed(0)
+    t, s = torch.randn(8, 6, 4, 4), torch.randn(8, 6, 4, 4)
+    assert feature_loss([t], [t], [None]).item() == pytest.approx(0.0, abs=1e-7)
+    # the same relative error reads the same on a layer 100 times larger, in both units
+    assert feature_loss([100 * s], [100 * t], [None]).item() == pytest.approx(feature_loss([s], [t], [None]).item(), rel=1e-4)
+    scale = torch.full((6,), 2.0)
+    assert feature_loss([100 * s], [100 * t], [100 * scale]).item() == pytest.approx(
+        feature_loss([s], [t], [scale]).item(), rel=1e-4)
+    assert feature_loss([t + 2.0], [t], [scale]).item() == pytest.approx(1.0, rel=1e-5)  # one std off
+
+
+def _distill_steps(student, teacher, steps, **kd):
+    torch.manual_seed(1)
+    module = DistillModule(teacher, student, 10, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), **kd)
+    data = DataLoader(TensorDataset(torch.randn(256, 1, 8, 8) * 2, torch.zeros(256, dtype=torch.long)), batch_size=32)
+    L.Trainer(max_steps=16, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              accelerator="cpu").fit(module, train_dataloaders=data)
+    return module
+
+
+@pytest.mark.parametrize("layers", ["penultimate", "batchnorm"])
+def test_the_feature_term_brings_the_students_features_to_the_teachers(layers):
+    """recovery.feature_weight: after the same KD steps, the student's features at the tapped
+    layers are closer to the teacher's with the term than with logits alone; and the hooks are
+    gone afterwards (an exported student carries none)."""
+    from dfkd.modules import captured_inputs, feature_loss, feature_taps
+
+    torch.manual_seed(0)
+    teacher = DigitsCNN(width=4).eval()
+    students = []
+    for weight in (0.0, 1.0):
+        student = DigitsCNN(width=4)
+        student.load_state_dict(teacher.state_dict())
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(0.3 * torch.randn_like(p))  # a damaged copy, as pruning leaves it
+        students.append(_distill_steps(student, teacher, 16, feature_weight=weight, feature_layers=layers).net)
+    x = torch.randn(128, 1, 8, 8) * 2
+
+    def distance(student):
+        student.eval()
+        with torch.no_grad(), captured_inputs(feature_taps(teacher, layers)) as t, \
+                captured_inputs(feature_taps(student, layers)) as s:
+            teacher(x), student(x)
+        scales = [(bn.running_var + bn.eps).sqrt() if layers == "batchnorm" else None for bn in feature_taps(teacher, layers)]
+        return feature_loss(s, t, scales).item()
+
+    logits_only, with_features = map(distance, students)
+    assert with_features < 0.8 * logits_only, (logits_only, with_features)
+    assert not any(m._forward_hooks for s in students for m in s.modules())
+
+
+def test_a_feature_term_between_layers_of_other_widths_is_refused():
+    teacher, narrower = DigitsCNN(width=8), DigitsCNN(width=4)
+    with pytest.raises(DfkdError, match=r"recovery\.feature_weight=1 .*recovery\.feature_weight=0"):
+        DistillModule(teacher, narrower, 10, _sgd, feature_weight=1.0, feature_layers="batchnorm")
+    with pytest.raises(DfkdError, match=r"recovery\.feature_layers='conv' is unknown"):
+        DistillModule(teacher, teacher, 10, _sgd, feature_weight=1.0, feature_layers="conv")
