@@ -4,7 +4,8 @@
 # never saw it), seed 0, one teacher (teacher.seed=0, cached), 300 KD steps of 128 images, the
 # settings of conf/experiment/cifar10_cpu_reduced.yaml otherwise. Each run alone on the machine
 # (wall times compare): about 4 minutes a run on 2 idle cores, plus 25 for the teacher if it is
-# not cached. Table: experiments/results/cifar10_features/results.md.
+# not cached. Table: experiments/results/cifar10_features/results.md; ONLY="name ..." runs some of
+# the runs, and a row whose results.json is not here is kept from the table as it was.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d .data/cifar10-jpg ] || { mkdir -p .data && tar xzf ../shared/data/cifar10-jpg.tar.gz -C .data/; }
@@ -15,22 +16,31 @@ RUNS=(
     "dream_kd recovery=dream_kd"
     "dream_kd_penultimate3 recovery=dream_kd recovery.feature_weight=3 recovery.feature_layers=penultimate"
     "dream_kd_batchnorm1 recovery=dream_kd recovery.feature_weight=1 recovery.feature_layers=batchnorm"
+    "real_kd_batchnorm1 recovery=real_kd recovery.feature_weight=1 recovery.feature_layers=batchnorm"
+    "dream_kd_w50_r50 recovery=dream_kd synthesis.synthesizer.warmup_steps=50 recovery.pool.refresh_every=50"
+    "dream_kd_batchnorm1_w50_r50 recovery=dream_kd recovery.feature_weight=1 recovery.feature_layers=batchnorm synthesis.synthesizer.warmup_steps=50 recovery.pool.refresh_every=50"
 )
 for run in "${RUNS[@]}"; do
     set -- $run
     name=$1; shift
+    [[ -z "${ONLY:-}" || " $ONLY " == *" $name "* ]] || continue
     [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run $base "$@" hydra.run.dir="$out/$name"
 done
 mkdir -p experiments/results/cifar10_features
-.venv/bin/python - "$out" "${RUNS[@]}" <<'PY' | tee experiments/results/cifar10_features/results.md
+table=experiments/results/cifar10_features/results.md
+.venv/bin/python - "$out" "$table" "${RUNS[@]}" <<'PY' > "$table.new"
 import json, sys
 from pathlib import Path
+table = Path(sys.argv[2])
+earlier = {line.split("|")[1].strip(): line for line in table.read_text().splitlines()[2:]} if table.is_file() else {}
 print("| run | overrides | validation % | test % | target agreement | recovery s | synthesis s |")
 print("|---|---|---|---|---|---|---|")
-for run in sys.argv[2:]:
+for run in sys.argv[3:]:
     name, *overrides = run.split()
     path = Path(sys.argv[1]) / name / "results.json"
     if not path.is_file():
+        if name in earlier:
+            print(earlier[name])
         continue
     r = json.loads(path.read_text())
     rec, syn = r["recovered"], r.get("synthesis") or {}
@@ -39,3 +49,4 @@ for run in sys.argv[2:]:
     print(f"| {name} | `{' '.join(overrides)}` | {100 * rec['val_acc']:.2f} | {100 * rec['acc']:.2f} | {agree} | "
           f"{r['times']['recover']:.0f} | {seconds} |")
 PY
+mv "$table.new" "$table" && cat "$table"
