@@ -32,6 +32,34 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                     reduction="batchmean", log_target=True) * t * t
 
 
+# how KD batches may be mixed before the teacher labels them
+MIXES = ("none", "mixup", "cutmix")
+
+
+def check_mix(mix: str, alpha: float) -> None:
+    check_choice("recovery.mix", mix, MIXES)
+    check(float(alpha) > 0, f"recovery.mix_alpha={alpha} must be > 0 (mixing proportions are drawn from Beta(alpha, alpha)).")
+
+
+def mix_batch(x: torch.Tensor, mix: str, alpha: float) -> torch.Tensor:
+    """The batch mixed with a shuffled copy of itself, in a proportion drawn from Beta(alpha,
+    alpha): blended (mixup) or a pasted rectangle (CutMix). KD needs no mixed labels: the teacher
+    labels the mixed images, and the student matches it on them ("function matching", Beyer et
+    al. 2022), which turns a small pool of dreams into many distinct KD inputs."""
+    if mix == "none" or len(x) < 2:
+        return x
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    other = x[torch.randperm(len(x), device=x.device)]
+    if mix == "mixup":
+        return lam * x + (1 - lam) * other
+    h, w = x.shape[-2:]
+    cut_h, cut_w = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+    top, left = int(torch.randint(h - cut_h + 1, ())), int(torch.randint(w - cut_w + 1, ()))
+    mixed = x.clone()
+    mixed[..., top:top + cut_h, left:left + cut_w] = other[..., top:top + cut_h, left:left + cut_w]
+    return mixed
+
+
 # where the optional feature term of KD compares student and teacher: the input of the classifier
 # (the penultimate features), or the input of every BatchNorm layer (each convolution's output)
 FEATURE_LAYERS = ("penultimate", "batchnorm")
@@ -189,14 +217,17 @@ class ClassifierModule(NetModule):
 
 class DistillModule(NetModule):
     """Frozen teacher -> student by KL at temperature T (x T^2), plus optional CE on the
-    teacher's labels and an optional feature term (``feature_weight`` x feature_loss at
+    teacher's labels, optional mixing of each batch (``mix``: mixup or CutMix, labelled by the
+    teacher) and an optional feature term (``feature_weight`` x feature_loss at
     ``feature_layers``: the student mimics the teacher's intermediate features, which a pruned
     student of the same architecture can do layer for layer). The batch's own labels are never
     used: the transfer set may be dreams."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, num_classes: int,
                  optimizer: OptimizerFactory, temperature: float = 4.0, ce_weight: float = 0.0,
-                 feature_weight: float = 0.0, feature_layers: str = "penultimate", **schedule) -> None:
+                 feature_weight: float = 0.0, feature_layers: str = "penultimate", mix: str = "none",
+                 mix_alpha: float = 1.0, **schedule) -> None:
+        check_mix(mix, mix_alpha)
         super().__init__(student, num_classes, optimizer, **schedule)
         self.save_hyperparameters(ignore=["teacher", "student", "optimizer"])
         self.teacher = freeze(teacher)
@@ -211,7 +242,7 @@ class DistillModule(NetModule):
         return self
 
     def training_step(self, batch, batch_idx):
-        x = batch[0]
+        x = mix_batch(batch[0], self.hparams.mix, self.hparams.mix_alpha)
         teacher_taps, student_taps = self.taps or ([], [])
         with torch.no_grad(), captured_inputs(teacher_taps) as teacher_features:
             teacher_logits = self.teacher(x)

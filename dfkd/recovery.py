@@ -30,7 +30,8 @@ from torch import nn
 from dfkd.data import ImageDataModule
 from dfkd.errors import DfkdError, check, check_choice
 from dfkd.models import has_batchnorm
-from dfkd.modules import FEATURE_LAYERS, ClassifierModule, DistillModule, NetModule, recalibrate_batchnorm
+from dfkd.modules import (FEATURE_LAYERS, ClassifierModule, DistillModule, NetModule, check_mix,
+                          recalibrate_batchnorm)
 from dfkd.synthesis import SynthesisMonitor, SyntheticDataModule
 from dfkd.trainer import make_trainer
 
@@ -52,7 +53,7 @@ class Recovery:
                  ce_weight: float = 0.0, gradient_clip_val: float | None = None, warmup_fraction: float = 0.0,
                  val_every_n_steps: int = 50, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
                  student_bn: str = "train", feature_weight: float = 0.0, feature_layers: str = "penultimate",
-                 **synthetic_only) -> None:
+                 mix: str = "none", mix_alpha: float = 1.0, **synthetic_only) -> None:
         # An experiment file sets the pool for whichever method runs; real-data methods have none.
         unknown = sorted(set(synthetic_only) - {"synthesizer", "pool", "image_grid_every_n_steps"})
         check(not unknown, f"recovery.{unknown[0] if unknown else ''} is not a setting of recovery={name}.")
@@ -65,7 +66,8 @@ class Recovery:
         check_choice("recovery.student_bn", student_bn, STUDENT_BN)
         check(float(feature_weight) >= 0, f"recovery.feature_weight={feature_weight} must be >= 0 (0: logits only).")
         check_choice("recovery.feature_layers", feature_layers, FEATURE_LAYERS)
-        self.student_bn = student_bn
+        check_mix(mix, mix_alpha)
+        self.student_bn, self.mix, self.mix_alpha = student_bn, mix, float(mix_alpha)
         self.feature_weight, self.feature_layers = float(feature_weight), feature_layers
         self.name, self.steps, self.batch_size = name, int(steps), int(batch_size)
         self.temperature, self.ce_weight = float(temperature), float(ce_weight)
@@ -88,7 +90,8 @@ class Recovery:
     def module(self, teacher: nn.Module, student: nn.Module, num_classes: int, channels_last: bool) -> NetModule:
         return DistillModule(teacher, student, num_classes, self.optimizer, temperature=self.temperature,
                              ce_weight=self.ce_weight, feature_weight=self.feature_weight,
-                             feature_layers=self.feature_layers, **self.schedule(channels_last))
+                             feature_layers=self.feature_layers, mix=self.mix, mix_alpha=self.mix_alpha,
+                             **self.schedule(channels_last))
 
     def schedule(self, channels_last: bool) -> dict:
         return {"warmup_fraction": self.warmup_fraction, "channels_last": channels_last,

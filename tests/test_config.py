@@ -152,6 +152,8 @@ def _no_work_done(cache_dir: Path, out: Path) -> bool:
     ("recovery.pool.size=10", "recovery.pool"),
     ("recovery.feature_weight=-1", "recovery.feature_weight"),
     ("recovery.feature_layers=conv", "recovery.feature_layers"),
+    ("recovery.mix=cutout", "recovery.mix"),
+    ("recovery=real_kd recovery.mix_alpha=0", "recovery.mix_alpha"),
     ("pruning=structured recovery.feature_weight=1", "recovery.feature_weight=0 with structured"),
     ("synthesis.synthesizer.g_steps=0", "synthesis.synthesizer.g_steps"),
     ("pruning.ratio=abc", "pruning.ratio"),

@@ -5,7 +5,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dfkd.errors import DfkdError
 from dfkd.models import DigitsCNN
-from dfkd.modules import DistillModule, kd_loss
+from dfkd.modules import DistillModule, kd_loss, mix_batch
 
 
 def _sgd(params):
@@ -160,3 +160,39 @@ def test_a_feature_term_between_layers_of_other_widths_is_refused():
         DistillModule(teacher, narrower, 10, _sgd, feature_weight=1.0, feature_layers="batchnorm")
     with pytest.raises(DfkdError, match=r"recovery\.feature_layers='conv' is unknown"):
         DistillModule(teacher, teacher, 10, _sgd, feature_weight=1.0, feature_layers="conv")
+
+
+def test_mixed_batches_are_made_of_the_batch_itself():
+    """recovery.mix: mixup blends two images of the batch in one proportion, CutMix pastes a
+    rectangle of another image; either way each KD input is new, and "none" leaves the batch alone."""
+    torch.manual_seed(0)
+    n = 16
+    x = torch.eye(n).view(n, 1, 1, n)  # image i is the unit vector e_i
+    assert mix_batch(x, "none", 1.0) is x
+    mixed = mix_batch(x, "mixup", 1.0).view(n, n)
+    assert torch.allclose(mixed.sum(1), torch.ones(n))  # a convex blend of two images
+    lam = mixed.diagonal()
+    assert ((mixed > 0).sum(1) <= 2).all() and (lam > 0).all()
+    blended = lam < 1  # the rows not mixed with themselves all share one proportion
+    assert blended.any() and torch.allclose(lam[blended], lam[blended][0].expand(int(blended.sum())))
+    images = torch.arange(n, dtype=torch.float).view(n, 1, 1, 1).expand(n, 3, 8, 8).contiguous()
+    cut = mix_batch(images, "cutmix", 1.0)
+    changed = cut != images
+    assert changed.any()
+    for i in range(n):  # the pasted part is one rectangle, taken from one other image
+        values = set(cut[i].unique().tolist())
+        assert i in values or changed[i].all() and len(values) == 1
+        assert len(values) <= 2
+        rows, cols = changed[i, 0].any(1), changed[i, 0].any(0)
+        assert int(changed[i, 0].sum()) in (0, int(rows.sum()) * int(cols.sum()))
+
+
+def test_kd_on_mixed_batches_trains_the_student():
+    torch.manual_seed(0)
+    teacher, student = DigitsCNN(width=4), DigitsCNN(width=4)
+    for mix in ("mixup", "cutmix"):
+        module = DistillModule(teacher, student, 10, _sgd, mix=mix)
+        losses = [module.training_step((torch.randn(16, 1, 8, 8), torch.zeros(16)), step).item() for step in range(2)]
+        assert all(torch.isfinite(torch.tensor(losses)))
+    with pytest.raises(DfkdError, match=r"recovery\.mix='cutout' is unknown"):
+        DistillModule(teacher, student, 10, _sgd, mix="cutout")
