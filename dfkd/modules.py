@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,20 +42,21 @@ def check_mix(mix: str, alpha: float) -> None:
     check(float(alpha) > 0, f"recovery.mix_alpha={alpha} must be > 0 (mixing proportions are drawn from Beta(alpha, alpha)).")
 
 
-def mix_batch(x: torch.Tensor, mix: str, alpha: float) -> torch.Tensor:
+def mix_batch(x: torch.Tensor, mix: str, alpha: float, rng: np.random.Generator) -> torch.Tensor:
     """The batch mixed with a shuffled copy of itself, in a proportion drawn from Beta(alpha,
     alpha): blended (mixup) or a pasted rectangle (CutMix). KD needs no mixed labels: the teacher
     labels the mixed images, and the student matches it on them ("function matching", Beyer et
-    al. 2022), which turns a small pool of dreams into many distinct KD inputs."""
+    al. 2022), which turns a small pool of dreams into many distinct KD inputs. The draws come
+    from ``rng`` (saved in checkpoints, so a resumed run mixes as an uninterrupted one)."""
     if mix == "none" or len(x) < 2:
         return x
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    other = x[torch.randperm(len(x), device=x.device)]
+    lam = float(rng.beta(alpha, alpha))
+    other = x[torch.from_numpy(rng.permutation(len(x))).to(x.device)]
     if mix == "mixup":
         return lam * x + (1 - lam) * other
     h, w = x.shape[-2:]
     cut_h, cut_w = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
-    top, left = int(torch.randint(h - cut_h + 1, ())), int(torch.randint(w - cut_w + 1, ()))
+    top, left = int(rng.integers(h - cut_h + 1)), int(rng.integers(w - cut_w + 1))
     mixed = x.clone()
     mixed[..., top:top + cut_h, left:left + cut_w] = other[..., top:top + cut_h, left:left + cut_w]
     return mixed
@@ -70,6 +72,12 @@ def feature_taps(model: nn.Module, layers: str) -> list[nn.Module]:
     if layers == "penultimate":
         return [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
     return list(batchnorm_layers(model))
+
+
+def feature_scales(taps: list[nn.Module]) -> list[torch.Tensor | None]:
+    """feature_loss's unit per tapped layer: a BatchNorm layer's running standard deviation, per
+    channel; None (relative error) for the classifier."""
+    return [(m.running_var + m.eps).sqrt() if isinstance(m, nn.modules.batchnorm._BatchNorm) else None for m in taps]
 
 
 @contextlib.contextmanager
@@ -232,9 +240,21 @@ class DistillModule(NetModule):
         self.save_hyperparameters(ignore=["teacher", "student", "optimizer"])
         self.teacher = freeze(teacher)
         self.agreement = MulticlassAccuracy(num_classes, average="micro")
+        self.mixer = np.random.default_rng(torch.initial_seed())  # reseeded per rank in setup
         self.taps: tuple[list[nn.Module], list[nn.Module]] | None = None
         if feature_weight:
             self.taps = matching_taps(self.teacher, student, feature_layers, feature_weight)
+
+    def setup(self, stage: str) -> None:
+        # before a checkpoint is restored (on_load_checkpoint), after the run's seed is set
+        self.mixer = np.random.default_rng([torch.initial_seed(), self.global_rank])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mixer"] = self.mixer.bit_generator.state
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "mixer" in checkpoint:
+            self.mixer.bit_generator.state = checkpoint["mixer"]
 
     def train(self, mode: bool = True) -> DistillModule:
         super().train(mode)
@@ -242,7 +262,7 @@ class DistillModule(NetModule):
         return self
 
     def training_step(self, batch, batch_idx):
-        x = mix_batch(batch[0], self.hparams.mix, self.hparams.mix_alpha)
+        x = mix_batch(batch[0], self.hparams.mix, self.hparams.mix_alpha, self.mixer)
         teacher_taps, student_taps = self.taps or ([], [])
         with torch.no_grad(), captured_inputs(teacher_taps) as teacher_features:
             teacher_logits = self.teacher(x)
@@ -250,9 +270,7 @@ class DistillModule(NetModule):
             logits = self.net(x)
         loss = kd_loss(logits, teacher_logits, self.hparams.temperature)
         if self.taps:
-            scales = [(t.running_var + t.eps).sqrt() if isinstance(t, nn.modules.batchnorm._BatchNorm) else None
-                      for t in teacher_taps]
-            features = feature_loss(student_features, teacher_features, scales)
+            features = feature_loss(student_features, teacher_features, feature_scales(teacher_taps))
             self.log("train/feature_loss", features)
             loss = loss + self.hparams.feature_weight * features
         if self.hparams.ce_weight:
@@ -273,9 +291,12 @@ def matching_taps(teacher: nn.Module, student: nn.Module, layers: str,
     def widths(modules):
         return [m.in_features if isinstance(m, nn.Linear) else m.num_features for m in modules]
 
-    check(bool(pairs[0]) and widths(pairs[0]) == widths(pairs[1]),
+    check(bool(pairs[0]), f"recovery.feature_layers={layers} compares the inputs of the teacher's "
+          f"{'BatchNorm layers' if layers == 'batchnorm' else 'classifier (its last nn.Linear)'}, and it has none: "
+          f"set recovery.feature_layers={'penultimate' if layers == 'batchnorm' else 'batchnorm'} or "
+          f"recovery.feature_weight=0.")
+    check(widths(pairs[0]) == widths(pairs[1]),
           f"recovery.feature_weight={weight:g} needs the student's and the teacher's "
           f"{layers} layers to match one to one ({widths(pairs[0])} in the teacher, {widths(pairs[1])} in the "
-          f"student; structured pruning changes the widths): set recovery.feature_weight=0, or "
-          f"recovery.feature_layers=penultimate if the classifiers' inputs still match.")
+          f"student; structured pruning changes the widths): set recovery.feature_weight=0.")
     return pairs

@@ -30,7 +30,7 @@ from torch import nn
 from dfkd.data import ImageDataModule
 from dfkd.errors import DfkdError, check, check_choice
 from dfkd.models import has_batchnorm
-from dfkd.modules import (FEATURE_LAYERS, ClassifierModule, DistillModule, NetModule, check_mix,
+from dfkd.modules import (FEATURE_LAYERS, ClassifierModule, DistillModule, NetModule, check_mix, matching_taps,
                           recalibrate_batchnorm)
 from dfkd.synthesis import SynthesisMonitor, SyntheticDataModule
 from dfkd.trainer import make_trainer
@@ -76,6 +76,8 @@ class Recovery:
 
     def validate(self, model: nn.Module, data: ImageDataModule, seed: int) -> None:
         """Refuse what cannot work, given the (untrained) architecture, before any work."""
+        if self.feature_weight:
+            matching_taps(model, model, self.feature_layers, self.feature_weight)
 
     def settings(self) -> dict:
         return {"recovery": self.name, "recovery_steps": self.steps, "recovery_batch_size": self.batch_size}
@@ -168,6 +170,9 @@ class FineTune(RealKD):
     """Cross-entropy on the real train split's labels (recovery=finetune)."""
 
     def module(self, teacher, student, num_classes, channels_last):
+        if self.mix != "none" or self.feature_weight:
+            log.warning("recovery=finetune trains on labels: it ignores recovery.mix=%s and recovery.feature_weight=%g "
+                        "(settings of the KD methods).", self.mix, self.feature_weight)
         return ClassifierModule(student, num_classes, self.optimizer, config_group="recovery",
                                 **self.schedule(channels_last))
 
@@ -199,6 +204,7 @@ class SyntheticKD(Recovery):
                 f"mode, synthesis=noise too (its held-out dreams are made by synthesis=...).")
 
     def validate(self, model, data, seed):
+        super().validate(model, data, seed)
         self.check_dreamable(self.synthesizer_class, model)
         self.make_synthesizer(model, data, seed)  # its settings are checked on the architecture
         need, free = 4 * self.pool["size"] * math.prod(data.image_shape), available_memory()

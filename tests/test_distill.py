@@ -1,4 +1,5 @@
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -117,7 +118,7 @@ def _distill_steps(student, teacher, steps, **kd):
     torch.manual_seed(1)
     module = DistillModule(teacher, student, 10, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), **kd)
     data = DataLoader(TensorDataset(torch.randn(256, 1, 8, 8) * 2, torch.zeros(256, dtype=torch.long)), batch_size=32)
-    L.Trainer(max_steps=16, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               accelerator="cpu").fit(module, train_dataloaders=data)
     return module
 
@@ -127,7 +128,7 @@ def test_the_feature_term_brings_the_students_features_to_the_teachers(layers):
     """recovery.feature_weight: after the same KD steps, the student's features at the tapped
     layers are closer to the teacher's with the term than with logits alone; and the hooks are
     gone afterwards (an exported student carries none)."""
-    from dfkd.modules import captured_inputs, feature_loss, feature_taps
+    from dfkd.modules import captured_inputs, feature_loss, feature_scales, feature_taps
 
     torch.manual_seed(0)
     teacher = DigitsCNN(width=4).eval()
@@ -146,12 +147,11 @@ def test_the_feature_term_brings_the_students_features_to_the_teachers(layers):
         with torch.no_grad(), captured_inputs(feature_taps(teacher, layers)) as t, \
                 captured_inputs(feature_taps(student, layers)) as s:
             teacher(x), student(x)
-        scales = [(bn.running_var + bn.eps).sqrt() if layers == "batchnorm" else None for bn in feature_taps(teacher, layers)]
-        return feature_loss(s, t, scales).item()
+        return feature_loss(s, t, feature_scales(feature_taps(teacher, layers))).item()
 
     logits_only, with_features = map(distance, students)
     assert with_features < 0.8 * logits_only, (logits_only, with_features)
-    assert not any(m._forward_hooks for s in students for m in s.modules())
+    assert not any(m._forward_hooks for net in (teacher, *students) for m in net.modules())
 
 
 def test_a_feature_term_between_layers_of_other_widths_is_refused():
@@ -167,16 +167,17 @@ def test_mixed_batches_are_made_of_the_batch_itself():
     rectangle of another image; either way each KD input is new, and "none" leaves the batch alone."""
     torch.manual_seed(0)
     n = 16
+    rng = np.random.default_rng(0)
     x = torch.eye(n).view(n, 1, 1, n)  # image i is the unit vector e_i
-    assert mix_batch(x, "none", 1.0) is x
-    mixed = mix_batch(x, "mixup", 1.0).view(n, n)
+    assert mix_batch(x, "none", 1.0, rng) is x
+    mixed = mix_batch(x, "mixup", 1.0, rng).view(n, n)
     assert torch.allclose(mixed.sum(1), torch.ones(n))  # a convex blend of two images
     lam = mixed.diagonal()
     assert ((mixed > 0).sum(1) <= 2).all() and (lam > 0).all()
     blended = lam < 1  # the rows not mixed with themselves all share one proportion
     assert blended.any() and torch.allclose(lam[blended], lam[blended][0].expand(int(blended.sum())))
     images = torch.arange(n, dtype=torch.float).view(n, 1, 1, 1).expand(n, 3, 8, 8).contiguous()
-    cut = mix_batch(images, "cutmix", 1.0)
+    cut = mix_batch(images, "cutmix", 1.0, rng)
     changed = cut != images
     assert changed.any()
     for i in range(n):  # the pasted part is one rectangle, taken from one other image
@@ -187,12 +188,27 @@ def test_mixed_batches_are_made_of_the_batch_itself():
         assert int(changed[i, 0].sum()) in (0, int(rows.sum()) * int(cols.sum()))
 
 
-def test_kd_on_mixed_batches_trains_the_student():
+def test_kd_on_mixed_batches_shows_both_networks_the_mixed_images(make_cfg):
+    """recovery.mix reaches the KD step from the config: teacher and student see the same mixed
+    batch, not the one served; the draws are the module's own (a resumed run repeats none)."""
+    from dfkd.config import build
+
     torch.manual_seed(0)
     teacher, student = DigitsCNN(width=4), DigitsCNN(width=4)
+    served = torch.randn(16, 1, 8, 8)
     for mix in ("mixup", "cutmix"):
-        module = DistillModule(teacher, student, 10, _sgd, mix=mix)
-        losses = [module.training_step((torch.randn(16, 1, 8, 8), torch.zeros(16)), step).item() for step in range(2)]
-        assert all(torch.isfinite(torch.tensor(losses)))
+        recovery = build(make_cfg("recovery=real_kd", f"recovery.mix={mix}").recovery, "recovery")
+        module = recovery.module(teacher, student, 10, channels_last=False)
+        seen = []
+        hooks = [net.register_forward_pre_hook(lambda m, args: seen.append(args[0])) for net in (teacher, student)]
+        module.training_step((served, torch.zeros(16)), 0)
+        for h in hooks:
+            h.remove()
+        assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], served), mix
+        state = module.mixer.bit_generator.state
+        module.on_load_checkpoint({"mixer": state})
+        first = module.mixer.permutation(16)
+        module.on_load_checkpoint({"mixer": state})
+        assert (module.mixer.permutation(16) == first).all()  # the checkpointed stream goes on where it was
     with pytest.raises(DfkdError, match=r"recovery\.mix='cutout' is unknown"):
         DistillModule(teacher, student, 10, _sgd, mix="cutout")
