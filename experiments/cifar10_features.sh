@@ -23,6 +23,8 @@ RUNS=(
     "dream_kd_cutmix recovery=dream_kd recovery.mix=cutmix"
     "dream_kd_mixup recovery=dream_kd recovery.mix=mixup"
     "real_kd_cutmix recovery=real_kd recovery.mix=cutmix"
+    "dream_kd_cutmix_bn3 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.bn_weight=3"
+    "dream_kd_cutmix_w100 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100"
 )
 for run in "${RUNS[@]}"; do
     set -- $run

@@ -8,7 +8,9 @@
 #   lr0.1             recovery.optimizer.lr=0.1
 #   l2_global         pruning.importance=l2 pruning.scope=global
 #   steps1000         recovery.steps=1000
-# and, with RUNS="bn_scale real_kd_steps1000": pruning.importance=bn_scale; real_kd for 1000 steps.
+# and, with RUNS="bn_scale real_kd_steps1000 cutmix_steps1000 real_kd_cutmix_steps1000": pruning.importance=bn_scale;
+# real_kd for 1000 steps; dream_kd and real_kd for 1000 steps with CutMix. Every run but the
+# cutmix ones sets recovery.mix=none: they predate the experiment's CutMix.
 # About 5 minutes a run on 2 idle cores (13 for 1000 steps). Table:
 # experiments/results/cifar10_structured_levers/results.md.
 set -euo pipefail
@@ -18,11 +20,13 @@ out=outputs/bench/cifar10_structured_levers
 declare -A extra=(
     [real_kd]="recovery=real_kd" [lr0.1]="recovery.optimizer.lr=0.1"
     [l2_global]="pruning.importance=l2 pruning.scope=global" [bn_scale]="pruning.importance=bn_scale"
-    [steps1000]="recovery.steps=1000" [real_kd_steps1000]="recovery=real_kd recovery.steps=1000")
+    [steps1000]="recovery.steps=1000" [real_kd_steps1000]="recovery=real_kd recovery.steps=1000"
+    [cutmix_steps1000]="recovery.steps=1000 recovery.mix=cutmix"
+    [real_kd_cutmix_steps1000]="recovery=real_kd recovery.steps=1000 recovery.mix=cutmix")
 [ -f outputs/bench/cifar10_deploy/structured/results.json ] || METHODS=structured bash experiments/cifar10_deploy.sh
 for name in ${RUNS:-real_kd lr0.1 l2_global steps1000}; do
     [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
-        teacher.seed=0 seed=0 pruning=structured pruning.ratio=0.5 deploy=none ${extra[$name]} \
+        teacher.seed=0 seed=0 pruning=structured pruning.ratio=0.5 deploy=none recovery.mix=none ${extra[$name]} \
         hydra.run.dir="$out/$name"
 done
 mkdir -p experiments/results/cifar10_structured_levers
