@@ -8,8 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d .data/cifar10-jpg ] || { mkdir -p .data && tar xzf ../shared/data/cifar10-jpg.tar.gz -C .data/; }
 out=outputs/bench/cifar10_levers
-# recovery.mix=none: these runs predate the experiment's CutMix (cifar10_features.sh chose it after them)
-base="+experiment=cifar10_cpu_reduced teacher.seed=0 seed=0 recovery.optimizer.lr=0.01 recovery.mix=none"
+# recovery.mix=none and 200 warm-up steps: these runs predate the experiment's CutMix and shorter
+# warm-up (cifar10_features.sh chose both after them)
+base="+experiment=cifar10_cpu_reduced teacher.seed=0 seed=0 recovery.optimizer.lr=0.01 recovery.mix=none synthesis.synthesizer.warmup_steps=200"
 lever() {  # NAME OVERRIDES...
     local name=$1; shift
     [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run $base "$@" hydra.run.dir="$out/$name"

@@ -10,7 +10,8 @@
 #   steps1000         recovery.steps=1000
 # and, with RUNS="bn_scale real_kd_steps1000 cutmix_steps1000 real_kd_cutmix_steps1000": pruning.importance=bn_scale;
 # real_kd for 1000 steps; dream_kd and real_kd for 1000 steps with CutMix. Every run but the
-# cutmix ones sets recovery.mix=none: they predate the experiment's CutMix.
+# cutmix ones sets recovery.mix=none, and every run 200 warm-up steps: they predate the
+# experiment's CutMix and shorter warm-up.
 # About 5 minutes a run on 2 idle cores (13 for 1000 steps). Table:
 # experiments/results/cifar10_structured_levers/results.md.
 set -euo pipefail
@@ -26,7 +27,7 @@ declare -A extra=(
 [ -f outputs/bench/cifar10_deploy/structured/results.json ] || METHODS=structured bash experiments/cifar10_deploy.sh
 for name in ${RUNS:-real_kd lr0.1 l2_global steps1000}; do
     [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
-        teacher.seed=0 seed=0 pruning=structured pruning.ratio=0.5 deploy=none recovery.mix=none ${extra[$name]} \
+        teacher.seed=0 seed=0 pruning=structured pruning.ratio=0.5 deploy=none recovery.mix=none synthesis.synthesizer.warmup_steps=200 ${extra[$name]} \
         hydra.run.dir="$out/$name"
 done
 mkdir -p experiments/results/cifar10_structured_levers
