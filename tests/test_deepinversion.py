@@ -1,9 +1,11 @@
+import pytest
 import torch
 from torch import nn
 
-from dfkd.models import DigitsCNN
-from dfkd.synthesis import DeepInversion, Noise, bn_statistics
-from dfkd.synthesis.bn_stats import bn_loss
+from dfkd.errors import DfkdError
+from dfkd.models import DigitsCNN, batchnorm_layers
+from dfkd.synthesis import DeepInversion, FastSynthesizer, Noise, bn_statistics
+from dfkd.synthesis.bn_stats import bn_loss, updated_history
 
 
 def test_bn_statistics_loss_matches_hand_computation():
@@ -105,3 +107,51 @@ def test_targets_are_balanced_and_synthesis_is_deterministic(digits_teacher):
     assert torch.bincount(a_t, minlength=10).tolist() == [4] * 10
     assert torch.equal(a_t, b_t) and torch.equal(a_img, b_img)
     assert not torch.equal(a_img, c_img)
+
+
+def test_bn_momentum_matches_the_moving_average_of_the_batches_to_the_running_statistics():
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)
+    model = nn.Sequential(conv, bn).eval()
+    a, b = torch.randn(5, 2, 4, 4), torch.randn(5, 2, 4, 4) + 1.0
+
+    def stats(x):
+        feats = conv(x).detach()
+        return feats.mean(dim=(0, 2, 3)), feats.var(dim=(0, 2, 3), unbiased=False)
+
+    def distance(mean, var):
+        scale = bn.running_var + bn.eps
+        return (((mean - bn.running_mean) ** 2 / scale).mean().sqrt()
+                + ((var - bn.running_var) ** 2 / scale ** 2).mean().sqrt())
+
+    with bn_statistics(model) as hooks:
+        model(a)
+        history = updated_history(hooks, None, 0.9)      # the first batch alone
+    (mean_a, var_a), (mean_b, var_b) = stats(a), stats(b)
+    assert torch.allclose(history[0][0], mean_a, atol=1e-6) and torch.allclose(history[0][1], var_a, atol=1e-6)
+    with bn_statistics(model, history=history, momentum=0.9) as hooks:
+        model(b)
+        blended = distance(0.1 * mean_b + 0.9 * mean_a, 0.1 * var_b + 0.9 * var_a)
+        assert torch.allclose(bn_loss(hooks), blended, rtol=1e-5)
+        assert not torch.allclose(bn_loss(hooks), distance(mean_b, var_b), rtol=1e-2)
+        history = updated_history(hooks, history, 0.9)
+    assert torch.allclose(history[0][0], 0.9 * mean_a + 0.1 * mean_b, atol=1e-6)
+    with bn_statistics(model, history=history, momentum=0.0) as hooks:  # 0: each batch alone
+        model(b)
+        assert torch.allclose(bn_loss(hooks), distance(mean_b, var_b), rtol=1e-5)
+
+
+def test_synthesizers_carry_the_bn_moving_average_across_batches_and_checkpoints(digits_teacher):
+    teacher, data = digits_teacher
+    fast = _synth(teacher, data, cls=FastSynthesizer, warmup_steps=5, g_steps=2, bn_momentum=0.9)
+    fast.synthesize(20)
+    first = [m.clone() for m, _ in fast.bn_history]
+    fast.synthesize(20)
+    assert len(fast.bn_history) == len(batchnorm_layers(teacher))
+    assert not torch.allclose(fast.bn_history[0][0], first[0])  # the second batch moved it
+    resumed = _synth(teacher, data, cls=FastSynthesizer, warmup_steps=5, g_steps=2, bn_momentum=0.9)
+    resumed.load_state_dict(fast.state_dict())
+    assert all(torch.equal(m, n) for (m, _), (n, _) in zip(resumed.bn_history, fast.bn_history))
+    assert _synth(teacher, data, iterations=2).bn_history is None  # off by default: nothing kept
+    with pytest.raises(DfkdError, match=r"synthesis\.synthesizer\.bn_momentum=1"):
+        _synth(teacher, data, iterations=2, bn_momentum=1)

@@ -9,6 +9,11 @@ Two distances per layer (``distance``):
   the same on a 16-channel digits CNN and on ResNet-50's 2,048-channel layers.
 - ``l2`` (the papers'): ``||mean - running_mean||_2 + ||var - running_var||_2``, which grows with
   the channel count and with the scale of the layer's activations.
+
+With ``history`` (Fang et al.'s BN momentum, AAAI 2022) the batch's statistics are first blended
+with an exponential moving average of the earlier batches' (``momentum`` x history + (1 - momentum)
+x this batch): it is the stream of batches, not each batch alone, that must match the running
+statistics, so one batch may leave part of the distribution to the others.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ class BNStatsHook:
     """Forward hook on one BatchNorm layer: distance of the batch statistics of its input
     to the layer's running statistics."""
 
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, distance: str = "normalized") -> None:
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, distance: str = "normalized",
+                 history: tuple[torch.Tensor, torch.Tensor] | None = None, momentum: float = 0.0) -> None:
         self.loss: torch.Tensor | None = None
-        self.distance = distance
+        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None  # the last batch's (mean, var)
+        self.distance, self.history, self.momentum = distance, history, momentum
         self.handle = bn.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
@@ -42,6 +49,10 @@ class BNStatsHook:
         dims = [0, *range(2, x.dim())]
         mean = x.mean(dims)
         var = x.var(dims, unbiased=False)
+        self.batch = (mean.detach(), var.detach())
+        if self.history is not None:
+            mean = (1 - self.momentum) * mean + self.momentum * self.history[0].to(mean)
+            var = (1 - self.momentum) * var + self.momentum * self.history[1].to(var)
         running_mean, running_var = module.running_mean.float(), module.running_var.float()
         if self.distance == "l2":
             self.loss = (torch.linalg.vector_norm(mean - running_mean)
@@ -55,9 +66,13 @@ class BNStatsHook:
 
 
 @contextlib.contextmanager
-def bn_statistics(model: nn.Module, distance: str = "normalized") -> Iterator[list[BNStatsHook]]:
-    """Hooks on every BatchNorm layer of ``model``, removed on exit whatever happens."""
-    hooks = [BNStatsHook(bn, distance) for bn in batchnorm_layers(model)]
+def bn_statistics(model: nn.Module, distance: str = "normalized", history: list | None = None,
+                  momentum: float = 0.0) -> Iterator[list[BNStatsHook]]:
+    """Hooks on every BatchNorm layer of ``model``, removed on exit whatever happens; ``history``:
+    one (mean, var) per layer to blend the batch statistics with (see the module's docstring)."""
+    layers = batchnorm_layers(model)
+    history = history if history is not None and momentum > 0 else [None] * len(layers)
+    hooks = [BNStatsHook(bn, distance, past, momentum) for bn, past in zip(layers, history)]
     try:
         yield hooks
     finally:
@@ -71,3 +86,13 @@ def bn_loss(hooks: list[BNStatsHook], first_multiplier: float = 1.0) -> torch.Te
     their weight w is ``bn_weight = w * number of BN layers`` here, with ``distance: l2``.)"""
     losses = [h.loss for h in hooks if h.loss is not None]
     return (first_multiplier * losses[0] + sum(losses[1:])) / len(losses)
+
+
+def updated_history(hooks: list[BNStatsHook], history: list | None, momentum: float) -> list:
+    """The moving average of the batch statistics after one more batch: the last batch's alone
+    when there is no history yet."""
+    now = [h.batch for h in hooks]
+    if history is None:
+        return now
+    return [(momentum * m + (1 - momentum) * nm, momentum * v + (1 - momentum) * nv)
+            for (m, v), (nm, nv) in zip(history, now)]

@@ -7,6 +7,8 @@ see the statistics they were trained on, and the teacher sees the sampled target
          - competition_weight * JS(teacher(x') || student(x'))        (ADI, Yin et al. 2020)
 
 where x' is x randomly jittered (rolled) and flipped, and w_1 = first_bn_multiplier, w_l = 1.
+With ``bn_momentum`` > 0 the statistics d_l compares are a moving average over the batches dreamed
+so far (Fang et al.'s BN momentum; bn_stats.py).
 Adam on the pixels with a cosine learning rate, optionally a first phase at half resolution
 (multi-resolution warm-up); pixels clipped to the data set's range; the lowest-loss iterate is kept.
 """
@@ -22,7 +24,7 @@ from torch import nn
 
 from dfkd.synthesis.base import Synthesizer, temporarily_frozen
 from dfkd.errors import check
-from dfkd.synthesis.bn_stats import DISTANCES, BNStatsHook, bn_loss, bn_statistics
+from dfkd.synthesis.bn_stats import DISTANCES, BNStatsHook, bn_loss, bn_statistics, updated_history
 
 
 def image_priors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -59,7 +61,7 @@ class DeepInversion(Synthesizer):
                  tv_l2: float = 1e-4, l2: float = 0.0, competition_weight: float = 0.0,
                  competition_temperature: float = 3.0, jitter: int = 1, flip: bool = True,
                  multires_iterations: int = 0, mixed_precision: bool | str = "auto",
-                 bn_distance: str = "normalized") -> None:
+                 bn_distance: str = "normalized", bn_momentum: float = 0.0) -> None:
         super().__init__(teacher, image_shape, num_classes, pixel_bounds, seed)
         check(int(iterations) >= 1, f"synthesis.synthesizer.iterations={iterations} must be at least 1 "
               f"(0 would distil on noise; recovery=noise_kd does that on purpose).")
@@ -75,7 +77,28 @@ class DeepInversion(Synthesizer):
         check(mixed_precision in ("auto", True, False),
               f"synthesis.synthesizer.mixed_precision={mixed_precision!r}: choose auto (bf16 on GPUs "
               f"that have it), true (bf16 on any device, the CPU included) or false.")
+        check(0 <= float(bn_momentum) < 1, f"synthesis.synthesizer.bn_momentum={bn_momentum} must be in "
+              f"[0, 1): the weight of the earlier batches' BatchNorm statistics (0: each batch alone).")
         self.bn_distance, self.mixed_precision = bn_distance, mixed_precision
+        self.bn_momentum = float(bn_momentum)
+        self.bn_history: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def state_dict(self) -> dict:
+        history = None if self.bn_history is None else [(m.cpu(), v.cpu()) for m, v in self.bn_history]
+        return {**super().state_dict(), "bn_history": history}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.bn_history = state.get("bn_history")
+
+    def bn_hooks(self):
+        """The BatchNorm-statistics hooks of one batch (with the moving average when bn_momentum > 0)."""
+        return bn_statistics(self.teacher, self.bn_distance, self.bn_history, self.bn_momentum)
+
+    def remember_bn(self, hooks: list[BNStatsHook]) -> None:
+        """Fold the batch just dreamed into the moving average of the BatchNorm statistics."""
+        if self.bn_momentum > 0:
+            self.bn_history = updated_history(hooks, self.bn_history, self.bn_momentum)
 
     @property
     def competes(self) -> bool:
@@ -132,14 +155,14 @@ class DeepInversion(Synthesizer):
         targets = self.balanced_targets(n).to(self.device)
         c, h, w = self.image_shape
         warmup = min(self.multires_iterations, self.iterations - 1)
-        with (torch.enable_grad(), temporarily_frozen(self.student),
-              bn_statistics(self.teacher, self.bn_distance) as hooks):
+        with torch.enable_grad(), temporarily_frozen(self.student), self.bn_hooks() as hooks:
             if warmup > 0:  # a coarse first phase at half resolution, then upsampled
                 coarse, _ = self._optimize(self.noise(n, (c, h // 2, w // 2)), targets, warmup, hooks)
                 x = F.interpolate(coarse, size=(h, w), mode="nearest")
             else:
                 x = self.noise(n)
             best, best_loss = self._optimize(x, targets, self.iterations - warmup, hooks)
+            self.remember_bn(hooks)
         self.stats = {"synthesis/seconds": time.perf_counter() - start,
                       "synthesis/loss": best_loss, **self.quality(best, targets)}
         return best, targets

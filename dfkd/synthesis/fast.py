@@ -26,7 +26,6 @@ from torch import nn
 from dfkd.errors import check
 from dfkd.models import batchnorm_layers
 from dfkd.synthesis.base import temporarily_frozen
-from dfkd.synthesis.bn_stats import bn_statistics
 from dfkd.synthesis.deepinversion import DeepInversion
 
 log = logging.getLogger(__name__)
@@ -102,8 +101,7 @@ class FastSynthesizer(DeepInversion):
         optimizer = torch.optim.Adam([{"params": adapted.parameters(), "lr": self.lr_generator},
                                       {"params": [z], "lr": self.lr_latent}], betas=(0.5, 0.999))
         steps = self.warmup_steps if self.batches == 0 else self.g_steps
-        with (torch.enable_grad(), temporarily_frozen(self.student),
-              bn_statistics(self.teacher, self.bn_distance) as hooks):
+        with torch.enable_grad(), temporarily_frozen(self.student), self.bn_hooks() as hooks:
             for step in range(1, steps + 1):
                 terms = self.losses(self._augment(self.render(adapted, z, targets)), targets, hooks)
                 optimizer.zero_grad(set_to_none=True)
@@ -112,6 +110,7 @@ class FastSynthesizer(DeepInversion):
                 if self.batches == 0 and step % max(steps // 4, 1) == 0:  # the long first batch
                     log.info("synthesis warm-up: generator step %d/%d, loss %.3f (%.0f s)", step, steps,
                              terms["total"].item(), time.perf_counter() - start)
+            self.remember_bn(hooks)
         with torch.no_grad():
             images = self.render(adapted.eval(), z, targets)
             rate = 1.0 if self.batches == 0 else self.meta_lr
