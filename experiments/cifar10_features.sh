@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Feature mimicking, mixed KD batches, a cheaper synthesis warm-up, the KD temperature and the
-# adversarial (competition) term at 90% on the CPU-reduced CIFAR-10 setting
+# Feature mimicking, mixed KD batches, a cheaper synthesis warm-up, the KD temperature, the
+# adversarial (competition) term and a moving average of the BN statistics at 90% on the CPU-reduced CIFAR-10 setting
 # (issue 13), chosen on the validation split (data.val_size=5000 of the train split; the teacher
 # never saw it), seed 0, one teacher (teacher.seed=0, cached), 300 KD steps of 128 images, the
 # settings of conf/experiment/cifar10_cpu_reduced.yaml otherwise (rows before the mixing ones set
@@ -31,6 +31,7 @@ RUNS=(
     "dream_kd_cutmix_w100_t8 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 recovery.temperature=8"
     "dream_kd_cutmix_w100_t20 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 recovery.temperature=20"
     "dream_kd_cutmix_w100_adv1 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 synthesis.synthesizer.competition_weight=1"
+    "dream_kd_cutmix_w100_bnm09 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 synthesis.synthesizer.bn_momentum=0.9"
 )
 for run in "${RUNS[@]}"; do
     set -- $run
