@@ -2,8 +2,8 @@
 # Recovered accuracy against the KD budget (issue 13): real_kd and dream_kd at STEPS KD steps of
 # 128 images on the CPU-reduced CIFAR-10 setting at 90% (conf/experiment/cifar10_cpu_reduced.yaml
 # as it is), seed 0, one teacher (teacher.seed=0, cached), each run alone on the machine.
-# Does the gap to real images close with budget? 300 steps take about 4 minutes a run on 2 idle
-# cores, 1,000 steps 10-15, 3,000 steps 35-45 (STEPS="300 1000" for the reduced version).
+# Does the gap to real images close with budget? 300 steps take 4-6 minutes a run on 2 idle
+# cores, 1,000 steps 12-20, 3,000 steps 40-60 (STEPS="300 1000" for the reduced version).
 # Table and plot: experiments/results/cifar10_budget/{results.md,accuracy_vs_steps.png}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +35,7 @@ for steps in sorted(set(runs.get("real_kd", {})) | set(runs.get("dream_kd", {}))
     gap = f"{100 * (real['recovered']['acc'] - dream['recovered']['acc']):.2f}" if real and dream else "-"
     ratio = f"{dream['times']['recover'] / real['times']['recover']:.2f}" if real and dream else "-"
     print(f"| {steps} | {cell(real, 'val_acc')} | {cell(real, 'acc')} | {cell(dream, 'val_acc')} | {cell(dream, 'acc')} | {gap} | {ratio} |")
-fig, ax = plt.subplots(figsize=(5, 3.5))
+fig, ax = plt.subplots(figsize=(5, 4))
 for method, rs in sorted(runs.items()):
     steps = sorted(rs)
     ax.plot(steps, [100 * rs[s]["recovered"]["acc"] for s in steps], "o-", label=method)
@@ -45,7 +45,9 @@ ax.set_xscale("log")
 ax.set_xlabel("KD steps (128 images each)")
 ax.set_ylabel("test accuracy %")
 ax.set_title("CPU-reduced CIFAR-10 ResNet-18, 90% sparsity")
-ax.legend()
+ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
+ax.set_xticks(sorted({s for rs in runs.values() for s in rs}), [str(s) for s in sorted({s for rs in runs.values() for s in rs})])
+ax.minorticks_off()
 fig.tight_layout()
 fig.savefig(Path(sys.argv[2]) / "accuracy_vs_steps.png", dpi=120)
 PY
