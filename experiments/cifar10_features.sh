@@ -29,7 +29,6 @@ RUNS=(
     "dream_kd_cutmix_w100 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100"
     # on today's settings (the row above): a softer KD target, and dreams where the student disagrees
     "dream_kd_cutmix_w100_t8 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 recovery.temperature=8"
-    "dream_kd_cutmix_w100_t20 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 recovery.temperature=20"
     "dream_kd_cutmix_w100_adv1 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 synthesis.synthesizer.competition_weight=1"
     "dream_kd_cutmix_w100_bnm09 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 synthesis.synthesizer.bn_momentum=0.9"
 )
