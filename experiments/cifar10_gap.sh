@@ -4,20 +4,23 @@
 # conf/experiment/cifar10_cpu_reduced.yaml (chosen on the validation split: cifar10_levers.sh).
 # About 5 minutes a run on 2 idle cores (30 minutes; 40 more if the teacher is not cached).
 # Runs one after the other on the same machine, so their wall times compare.
-# Table: experiments/results/cifar10_gap/results.md.
+# Table: experiments/results/cifar10_gap/results.md. A variant: NAME=... (its own folders) and
+# METHODS=..., with Hydra overrides as arguments, e.g.
+#   NAME=cifar10_gap_bnm09 METHODS=dream_kd bash experiments/cifar10_gap.sh synthesis.synthesizer.bn_momentum=0.9
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d .data/cifar10-jpg ] || { mkdir -p .data && tar xzf ../shared/data/cifar10-jpg.tar.gz -C .data/; }
-out=outputs/bench/cifar10_gap
+name=${NAME:-cifar10_gap}
+out=outputs/bench/$name
 for seed in ${SEEDS:-0 1 2}; do
-    for method in real_kd dream_kd; do
+    for method in ${METHODS:-real_kd dream_kd}; do
         [ -f "$out/${method}_$seed/results.json" ] || .venv/bin/python -m dfkd.run \
             +experiment=cifar10_cpu_reduced teacher.seed=0 seed=$seed recovery=$method \
-            hydra.run.dir="$out/${method}_$seed"
+            "$@" hydra.run.dir="$out/${method}_$seed"
     done
 done
-mkdir -p experiments/results/cifar10_gap
-.venv/bin/python - "$out" <<'PY' | tee experiments/results/cifar10_gap/results.md
+mkdir -p experiments/results/$name
+.venv/bin/python - "$out" <<'PY' | tee experiments/results/$name/results.md
 import json, statistics, sys
 from pathlib import Path
 runs = {}
