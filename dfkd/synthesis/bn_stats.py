@@ -33,6 +33,10 @@ def rms(x: torch.Tensor) -> torch.Tensor:
     return x.pow(2).mean().sqrt()
 
 
+def moving_average(old: torch.Tensor, new: torch.Tensor, momentum: float) -> torch.Tensor:
+    return momentum * old + (1 - momentum) * new
+
+
 class BNStatsHook:
     """Forward hook on one BatchNorm layer: distance of the batch statistics of its input
     to the layer's running statistics."""
@@ -51,8 +55,8 @@ class BNStatsHook:
         var = x.var(dims, unbiased=False)
         self.batch = (mean.detach(), var.detach())
         if self.history is not None:
-            mean = (1 - self.momentum) * mean + self.momentum * self.history[0].to(mean)
-            var = (1 - self.momentum) * var + self.momentum * self.history[1].to(var)
+            mean = moving_average(self.history[0].to(mean), mean, self.momentum)
+            var = moving_average(self.history[1].to(var), var, self.momentum)
         running_mean, running_var = module.running_mean.float(), module.running_var.float()
         if self.distance == "l2":
             self.loss = (torch.linalg.vector_norm(mean - running_mean)
@@ -94,5 +98,5 @@ def updated_history(hooks: list[BNStatsHook], history: list | None, momentum: fl
     now = [h.batch for h in hooks]
     if history is None:
         return now
-    return [(momentum * m + (1 - momentum) * nm, momentum * v + (1 - momentum) * nv)
+    return [(moving_average(m, nm, momentum), moving_average(v, nv, momentum))
             for (m, v), (nm, nv) in zip(history, now)]
