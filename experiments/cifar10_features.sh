@@ -31,6 +31,13 @@ RUNS=(
     "dream_kd_cutmix_w100_t8 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 recovery.temperature=8"
     "dream_kd_cutmix_w100_adv1 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 synthesis.synthesizer.competition_weight=1"
     "dream_kd_cutmix_w100_bnm09 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 synthesis.synthesizer.bn_momentum=0.9"
+    # the student's BN statistics held at the pruned teacher's; each dream cropped at its own offset
+    # (as real-data training augments) instead of one roll for the whole KD batch; a higher KD lr;
+    # twice the generator steps per new batch
+    "dream_kd_cutmix_w100_bnfrozen recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 recovery.student_bn=frozen"
+    "dream_kd_cutmix_w100_crop2 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 recovery.pool.shift=crop"
+    "dream_kd_cutmix_w100_lr06 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 recovery.optimizer.lr=0.06"
+    "dream_kd_cutmix_w100_g10 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 synthesis.synthesizer.g_steps=10"
 )
 for run in "${RUNS[@]}"; do
     set -- $run

@@ -155,3 +155,23 @@ def test_synthesizers_carry_the_bn_moving_average_across_batches_and_checkpoints
     assert _synth(teacher, data, iterations=2).bn_history is None  # off by default: nothing kept
     with pytest.raises(DfkdError, match=r"synthesis\.synthesizer\.bn_momentum=1"):
         _synth(teacher, data, iterations=2, bn_momentum=1)
+
+
+def test_fast_reset_input_layer_restarts_the_input_layer_for_each_new_batch(digits_teacher):
+    """``reset_input_layer``: every batch after the warm-up adapts from a freshly initialized input
+    layer (Fang et al.'s reset_l0), the same fresh layer for the same seed; the warm-up batch and
+    the rest of the generator are as without it."""
+    teacher, data = digits_teacher
+    runs = {}
+    for name, reset in (("plain", False), ("reset", True), ("reset_again", True)):
+        fast = _synth(teacher, data, cls=FastSynthesizer, warmup_steps=3, g_steps=1, reset_input_layer=reset)
+        first, _ = fast.synthesize(16)
+        project = fast.meta.project.weight.clone()
+        second, _ = fast.synthesize(16)
+        runs[name] = (first, second, project, fast.meta)
+    plain, reset, again = runs["plain"], runs["reset"], runs["reset_again"]
+    assert torch.equal(plain[0], reset[0]) and torch.equal(plain[2], reset[2])  # the warm-up batch
+    assert not torch.allclose(plain[1], reset[1])                                 # the next one restarts
+    assert torch.equal(reset[1], again[1])                                        # reproducibly
+    moved = reset[3].project.weight - reset[2]
+    assert moved.abs().mean() > 10 * (plain[3].project.weight - plain[2]).abs().mean()

@@ -96,3 +96,31 @@ def test_a_resumed_stream_goes_on_exactly_where_the_checkpoint_left_it(digits_te
     for (x, y), (x2, y2) in zip(later, again):
         assert torch.equal(y, y2) and torch.allclose(x, x2, atol=1e-6)
     assert resumed.refreshes == run.refreshes and resumed.synthesizer.batches == run.synthesizer.batches
+
+
+def test_crop_shifts_each_dream_on_its_own_and_roll_the_whole_batch(digits_teacher):
+    """``pool.shift=crop`` crops every zero-padded dream at its own offset, as real-data training
+    does; ``roll`` moves the whole batch together. Dreams of all ones show the offsets: a crop
+    brings zero borders that differ from image to image, a roll none."""
+    teacher, data = digits_teacher
+    batches = {}
+    for shift in ("roll", "crop"):
+        dm = _module(teacher, data, shift=shift, jitter=2, flip=False, kd_batch_size=64)
+        dm.setup("fit")
+        next(iter(dm.train_dataloader()))
+        dm.images = torch.ones_like(dm.images)
+        batches[shift] = dm.sample()[0]
+    assert torch.equal(batches["roll"], torch.ones_like(batches["roll"]))
+    masks = (batches["crop"] == 0).flatten(1)
+    assert masks.any(1).float().mean() > 0.5, "most crops bring in some padding"
+    assert len({tuple(m.tolist()) for m in masks}) > 5, "the offsets differ from image to image"
+
+
+def test_an_unknown_shift_is_refused_naming_the_setting(digits_teacher):
+    import pytest
+
+    from dfkd.errors import DfkdError
+
+    teacher, data = digits_teacher
+    with pytest.raises(DfkdError, match=r"recovery\.pool\.shift='translate' is unknown"):
+        _module(teacher, data, shift="translate")

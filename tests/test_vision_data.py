@@ -131,6 +131,11 @@ def test_validation_split_is_carved_from_train_fixed_and_disjoint():
     dm = DigitsDataModule(val_size=200)
     assert len(dm.val_dataloader().dataset) == 200          # curves are drawn on validation
     assert len(DigitsDataModule().val_dataloader().dataset) == 450  # without one, on test
+    from dfkd.synthesis import Noise, SyntheticDataModule
+
+    dreams = SyntheticDataModule(Noise(teacher=None, image_shape=dm.image_shape, num_classes=10,
+                                       pixel_bounds=dm.pixel_bounds()), real=dm)
+    assert len(dreams.val_dataloader().dataset) == 200      # KD on dreams draws its curve there too
 
 
 def test_a_validation_split_larger_than_train_is_refused():

@@ -17,19 +17,22 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from dfkd.errors import check
 
 
-def random_crop_flip(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Per image: a random ``H x W`` crop of the zero-padded image (``padding`` pixels each side)
-    and, with ``flip``, a left-right mirror with probability 1/2. Batched, on ``x``'s device."""
+    and, with ``flip``, a left-right mirror with probability 1/2. Batched, on ``x``'s device; the
+    random draws come from ``generator`` (on its own device) when one is given."""
     n, c, h, w = x.shape
+    draws = generator.device if generator is not None else x.device
     if padding > 0:
         padded = F.pad(x, (padding,) * 4)
-        offsets = torch.randint(0, 2 * padding + 1, (2, n, 1, 1), device=x.device)
+        offsets = torch.randint(0, 2 * padding + 1, (2, n, 1, 1), device=draws, generator=generator).to(x.device)
         rows = offsets[0] + torch.arange(h, device=x.device).view(1, h, 1)
         cols = offsets[1] + torch.arange(w, device=x.device).view(1, 1, w)
         index = (rows * (w + 2 * padding) + cols).view(n, 1, h * w).expand(n, c, h * w)
         x = padded.flatten(2).gather(2, index).view(n, c, h, w)
     if flip:
-        mirror = torch.rand(n, device=x.device) < 0.5
+        mirror = (torch.rand(n, device=draws, generator=generator) < 0.5).to(x.device)
         x = torch.where(mirror.view(n, 1, 1, 1), x.flip(3), x)
     return x
 

@@ -17,10 +17,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, IterableDataset
 
-from dfkd.errors import check
+from dfkd.data.base import random_crop_flip
+from dfkd.errors import check, check_choice
 from dfkd.synthesis.base import Synthesizer
 
 log = logging.getLogger(__name__)
+
+# how a KD batch's dreams are shifted: one random roll for the whole batch, or a random crop of
+# each zero-padded image (as real-data training augments)
+SHIFTS = ("roll", "crop")
 
 # the quality figures averaged over every batch into the run's summary
 QUALITY = ("synthesis/target_acc", "synthesis/class_balance", "synthesis/confidence",
@@ -30,15 +35,16 @@ QUALITY = ("synthesis/target_acc", "synthesis/class_balance", "synthesis/confide
 class SyntheticDataModule(L.LightningDataModule):
     def __init__(self, synthesizer: Synthesizer, kd_batch_size: int = 128, batch_size: int = 256,
                  size: int = 2048, initial_batches: int = 4, refresh_every: int = 10,
-                 steps_per_epoch: int = 50, flip: bool = True, jitter: int = 1, seed: int = 0,
-                 real: L.LightningDataModule | None = None) -> None:
+                 steps_per_epoch: int = 50, flip: bool = True, jitter: int = 1, shift: str = "roll",
+                 seed: int = 0, real: L.LightningDataModule | None = None) -> None:
         super().__init__()
-        self.check_pool(batch_size, size, initial_batches, refresh_every)
+        self.check_pool(batch_size, size, initial_batches, refresh_every, shift=shift)
         self.synthesizer = synthesizer
         self.kd_batch_size, self.batch_size, self.size = kd_batch_size, batch_size, size
         self.initial_batches, self.refresh_every = initial_batches, refresh_every
         self.steps_per_epoch, self.flip, self.jitter, self.seed = steps_per_epoch, flip, jitter, seed
-        self.real = real  # the real data set, only for the test-split curve (nothing is chosen on it)
+        self.shift = shift
+        self.real = real  # the real data set, only for the accuracy curve (its validation split when it has one)
         self.images: torch.Tensor | None = None
         self.targets: torch.Tensor | None = None
         self.last_batch: torch.Tensor | None = None
@@ -48,7 +54,8 @@ class SyntheticDataModule(L.LightningDataModule):
 
     @staticmethod
     def check_pool(batch_size: int = 256, size: int = 2048, initial_batches: int = 4, refresh_every: int = 10,
-                   **augmentation) -> None:
+                   shift: str = "roll", **augmentation) -> None:
+        check_choice("recovery.pool.shift", shift, SHIFTS)
         check(batch_size >= 1 and size >= batch_size and initial_batches >= 1 and refresh_every >= 1,
               f"recovery.pool needs batch_size >= 1, size >= batch_size, initial_batches >= 1 and "
               f"refresh_every >= 1 (got batch_size={batch_size}, size={size}, "
@@ -82,6 +89,8 @@ class SyntheticDataModule(L.LightningDataModule):
         idx = torch.randint(len(self.images), (self.kd_batch_size,), generator=self.sampler)
         idx = idx.to(self.images.device)
         x, y = self.images[idx], self.targets[idx]
+        if self.shift == "crop":
+            return random_crop_flip(x, self.jitter, self.flip, generator=self.sampler), y
         if self.jitter > 0:
             dx, dy = torch.randint(-self.jitter, self.jitter + 1, (2,), generator=self.sampler)
             x = torch.roll(x, shifts=(int(dx), int(dy)), dims=(2, 3))
@@ -110,7 +119,7 @@ class SyntheticDataModule(L.LightningDataModule):
         return DataLoader(_Stream(self), batch_size=None, num_workers=0)
 
     def val_dataloader(self):
-        return self.real.test_dataloader() if self.real is not None else []
+        return self.real.val_dataloader() if self.real is not None else []
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Real test images become model input as the real data module makes them; dreams

@@ -59,7 +59,8 @@ class FastSynthesizer(DeepInversion):
     def __init__(self, teacher: nn.Module, image_shape, num_classes: int, pixel_bounds, seed: int = 0,
                  g_steps: int = 5, warmup_steps: int = 200, lr_generator: float = 1e-2,
                  lr_latent: float = 5e-2, meta_lr: float = 0.5, latent_dim: int = 64,
-                 generator_width: int | None = None, **loss_settings) -> None:
+                 generator_width: int | None = None, reset_input_layer: bool = False,
+                 **loss_settings) -> None:
         loss_settings.setdefault("lr", lr_latent)
         super().__init__(teacher, image_shape, num_classes, pixel_bounds, seed, **loss_settings)
         check(int(g_steps) >= 1 and int(warmup_steps) >= 1,
@@ -67,7 +68,7 @@ class FastSynthesizer(DeepInversion):
               f"at least 1: each new batch takes g_steps generator steps (the first: warmup_steps).")
         self.g_steps, self.warmup_steps = int(g_steps), int(warmup_steps)
         self.lr_generator, self.lr_latent, self.meta_lr = float(lr_generator), float(lr_latent), float(meta_lr)
-        self.latent_dim = int(latent_dim)
+        self.latent_dim, self.reset_input_layer = int(latent_dim), bool(reset_input_layer)
         if generator_width is None:  # as wide as the teacher's first layer
             generator_width = batchnorm_layers(teacher)[0].num_features
         state = torch.random.get_rng_state()
@@ -97,6 +98,10 @@ class FastSynthesizer(DeepInversion):
         self.meta.to(device)
         targets = self.balanced_targets(n).to(device)
         z = torch.randn((n, self.latent_dim), generator=self.generator).to(device).requires_grad_(True)
+        if self.reset_input_layer and self.batches > 0:  # Fang et al.'s reset_l0: a fresh start for diversity
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(torch.randint(2**31, (1,), generator=self.generator)))
+                self.meta.project.reset_parameters()
         adapted = copy.deepcopy(self.meta).train()
         optimizer = torch.optim.Adam([{"params": adapted.parameters(), "lr": self.lr_generator},
                                       {"params": [z], "lr": self.lr_latent}], betas=(0.5, 0.999))
