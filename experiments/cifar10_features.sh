@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Feature mimicking, mixed KD batches, a cheaper synthesis warm-up, the KD temperature, the
-# adversarial (competition) term and a moving average of the BN statistics at 90% on the CPU-reduced CIFAR-10 setting
+# adversarial (competition) term, a moving average of the BN statistics, frozen student BN
+# statistics, per-dream crops, a higher KD lr, more or fewer generator steps per batch, a generator
+# input layer reset per batch and a stronger BN term at 90% on the CPU-reduced CIFAR-10 setting
 # (issue 13), chosen on the validation split (data.val_size=5000 of the train split; the teacher
 # never saw it), seed 0, one teacher (teacher.seed=0, cached), 300 KD steps of 128 images, the
 # settings of conf/experiment/cifar10_cpu_reduced.yaml otherwise (rows before the mixing ones set
@@ -33,11 +35,15 @@ RUNS=(
     "dream_kd_cutmix_w100_bnm09 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 synthesis.synthesizer.bn_momentum=0.9"
     # the student's BN statistics held at the pruned teacher's; each dream cropped at its own offset
     # (as real-data training augments) instead of one roll for the whole KD batch; a higher KD lr;
-    # twice the generator steps per new batch
+    # twice or 3/5 the generator steps per new batch; the generator's input layer re-initialized for
+    # each batch (Fang et al.'s reset_l0); a stronger BN term
     "dream_kd_cutmix_w100_bnfrozen recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 recovery.student_bn=frozen"
     "dream_kd_cutmix_w100_crop2 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 recovery.pool.shift=crop"
     "dream_kd_cutmix_w100_lr06 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 recovery.optimizer.lr=0.06"
     "dream_kd_cutmix_w100_g10 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 synthesis.synthesizer.g_steps=10"
+    "dream_kd_cutmix_w100_g3 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 synthesis.synthesizer.g_steps=3"
+    "dream_kd_cutmix_w100_reset recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 synthesis.synthesizer.reset_input_layer=true"
+    "dream_kd_cutmix_w100_bn30 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 synthesis.synthesizer.bn_weight=30"
 )
 for run in "${RUNS[@]}"; do
     set -- $run
