@@ -163,7 +163,7 @@ def train_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trai
     module = ClassifierModule(model, data.num_classes, build(cfg.optimizer, "teacher.optimizer"),
                               label_smoothing=cfg.label_smoothing, warmup_fraction=cfg.warmup_fraction,
                               channels_last=trainer.channels_last)
-    curve = cfg.get("val_every_n_epochs")  # a test-split curve in the log; nothing is selected on it
+    curve = cfg.get("val_every_n_epochs")  # a validation-split curve (test without one); nothing is selected on it
     fit = make_trainer(trainer, "teacher", max_epochs=cfg.epochs, logger=False, enable_checkpointing=False,
                        default_root_dir=str(run_dir), gradient_clip_val=cfg.gradient_clip_val,
                        num_sanity_val_steps=0, check_val_every_n_epoch=curve or 1,

@@ -150,6 +150,8 @@ def _no_work_done(cache_dir: Path, out: Path) -> bool:
     ("pruning.method=magic", "pruning.method"),
     ("recovery.steps=0", "recovery.steps"),
     ("recovery.pool.size=10", "recovery.pool"),
+    ("recovery.pool.shift=translate", "recovery.pool.shift"),
+    ("recovery.pool.jitter=-1", "recovery.pool.jitter"),
     ("recovery.feature_weight=-1", "recovery.feature_weight"),
     ("recovery.feature_layers=conv", "recovery.feature_layers"),
     ("recovery.mix=cutout", "recovery.mix"),

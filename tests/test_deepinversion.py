@@ -159,15 +159,18 @@ def test_synthesizers_carry_the_bn_moving_average_across_batches_and_checkpoints
 
 def test_fast_reset_input_layer_restarts_the_input_layer_for_each_new_batch(digits_teacher):
     """``reset_input_layer``: every batch after the warm-up adapts from a freshly initialized input
-    layer (Fang et al.'s reset_l0), the same fresh layer for the same seed; the warm-up batch and
-    the rest of the generator are as without it."""
+    layer (a per-batch variant of Fang et al.'s reset_l0), the same fresh layer for the same seed,
+    drawn from the synthesizer's own stream (the global one is untouched); the warm-up batch is as
+    without it."""
     teacher, data = digits_teacher
     runs = {}
     for name, reset in (("plain", False), ("reset", True), ("reset_again", True)):
         fast = _synth(teacher, data, cls=FastSynthesizer, warmup_steps=3, g_steps=1, reset_input_layer=reset)
         first, _ = fast.synthesize(16)
         project = fast.meta.project.weight.clone()
+        state = torch.random.get_rng_state()
         second, _ = fast.synthesize(16)
+        assert torch.equal(torch.random.get_rng_state(), state)
         runs[name] = (first, second, project, fast.meta)
     plain, reset, again = runs["plain"], runs["reset"], runs["reset_again"]
     assert torch.equal(plain[0], reset[0]) and torch.equal(plain[2], reset[2])  # the warm-up batch

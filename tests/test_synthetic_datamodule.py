@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from dfkd.synthesis import DeepInversion, Noise, SyntheticDataModule
@@ -69,18 +70,21 @@ def test_ranks_dream_different_images(digits_teacher):
     assert not torch.equal(pools[0], pools[1])
 
 
-def test_a_resumed_stream_goes_on_exactly_where_the_checkpoint_left_it(digits_teacher):
+@pytest.mark.parametrize("shift, reset", [("roll", False), ("crop", True)])
+def test_a_resumed_stream_goes_on_exactly_where_the_checkpoint_left_it(digits_teacher, shift, reset):
     """After a checkpoint round trip the next KD batches and the next dreams, including the fast
-    synthesizer's meta-learned generator, are the ones the uninterrupted run gets."""
+    synthesizer's meta-learned generator, are the ones the uninterrupted run gets (also with
+    per-dream crops and a generator whose input layer restarts every batch)."""
     from dfkd.synthesis import FastSynthesizer
 
     teacher, data = digits_teacher
 
     def fast_module():
         synth = FastSynthesizer(teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
-                                pixel_bounds=data.pixel_bounds(), g_steps=1, warmup_steps=2)
+                                pixel_bounds=data.pixel_bounds(), g_steps=1, warmup_steps=2,
+                                reset_input_layer=reset)
         return SyntheticDataModule(synth, kd_batch_size=16, batch_size=32, size=96, initial_batches=1,
-                                   refresh_every=2, steps_per_epoch=4)
+                                   refresh_every=2, steps_per_epoch=4, shift=shift, jitter=1)
 
     run = fast_module()
     run.setup("fit")
@@ -116,11 +120,11 @@ def test_crop_shifts_each_dream_on_its_own_and_roll_the_whole_batch(digits_teach
     assert len({tuple(m.tolist()) for m in masks}) > 5, "the offsets differ from image to image"
 
 
-def test_an_unknown_shift_is_refused_naming_the_setting(digits_teacher):
-    import pytest
-
+def test_an_unknown_shift_or_a_negative_jitter_is_refused_naming_the_setting(digits_teacher):
     from dfkd.errors import DfkdError
 
     teacher, data = digits_teacher
     with pytest.raises(DfkdError, match=r"recovery\.pool\.shift='translate' is unknown"):
         _module(teacher, data, shift="translate")
+    with pytest.raises(DfkdError, match=r"recovery\.pool\.jitter=-1 must be >= 0"):
+        _module(teacher, data, jitter=-1)

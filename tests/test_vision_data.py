@@ -62,6 +62,12 @@ def test_train_augmentation_crops_and_flips_on_the_batch_device():
     assert moved > 32 and 16 < flipped < 48  # offsets and mirrors vary per image
     no_flip = random_crop_flip(x, padding=0, flip=False)
     assert torch.equal(no_flip, x)
+    # with a generator of its own (the dream pool's): reproducible, and the global stream untouched
+    state = torch.random.get_rng_state()
+    a = random_crop_flip(x, 2, True, generator=torch.Generator().manual_seed(5))
+    b = random_crop_flip(x, 2, True, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and not torch.equal(a, random_crop_flip(x, 2, True, torch.Generator().manual_seed(6)))
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 def test_model_input_augments_only_for_training(image_tree):

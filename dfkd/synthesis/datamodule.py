@@ -24,7 +24,7 @@ from dfkd.synthesis.base import Synthesizer
 log = logging.getLogger(__name__)
 
 # how a KD batch's dreams are shifted: one random roll for the whole batch, or a random crop of
-# each zero-padded image (as real-data training augments)
+# each image padded with zeros (the data's mean colour: dreams are normalized model input)
 SHIFTS = ("roll", "crop")
 
 # the quality figures averaged over every batch into the run's summary
@@ -38,7 +38,7 @@ class SyntheticDataModule(L.LightningDataModule):
                  steps_per_epoch: int = 50, flip: bool = True, jitter: int = 1, shift: str = "roll",
                  seed: int = 0, real: L.LightningDataModule | None = None) -> None:
         super().__init__()
-        self.check_pool(batch_size, size, initial_batches, refresh_every, shift=shift)
+        self.check_pool(batch_size, size, initial_batches, refresh_every, shift=shift, jitter=jitter)
         self.synthesizer = synthesizer
         self.kd_batch_size, self.batch_size, self.size = kd_batch_size, batch_size, size
         self.initial_batches, self.refresh_every = initial_batches, refresh_every
@@ -54,8 +54,9 @@ class SyntheticDataModule(L.LightningDataModule):
 
     @staticmethod
     def check_pool(batch_size: int = 256, size: int = 2048, initial_batches: int = 4, refresh_every: int = 10,
-                   shift: str = "roll", **augmentation) -> None:
+                   shift: str = "roll", jitter: int = 1, **augmentation) -> None:
         check_choice("recovery.pool.shift", shift, SHIFTS)
+        check(int(jitter) >= 0, f"recovery.pool.jitter={jitter} must be >= 0 (pixels of random shift; 0: none).")
         check(batch_size >= 1 and size >= batch_size and initial_batches >= 1 and refresh_every >= 1,
               f"recovery.pool needs batch_size >= 1, size >= batch_size, initial_batches >= 1 and "
               f"refresh_every >= 1 (got batch_size={batch_size}, size={size}, "
@@ -94,10 +95,7 @@ class SyntheticDataModule(L.LightningDataModule):
         if self.jitter > 0:
             dx, dy = torch.randint(-self.jitter, self.jitter + 1, (2,), generator=self.sampler)
             x = torch.roll(x, shifts=(int(dx), int(dy)), dims=(2, 3))
-        if self.flip:
-            flip = (torch.rand(len(x), generator=self.sampler) < 0.5).to(x.device)
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-        return x, y
+        return random_crop_flip(x, 0, self.flip, generator=self.sampler), y
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         while self.images is None or len(self.images) < self.initial_batches * self.batch_size:
@@ -122,8 +120,8 @@ class SyntheticDataModule(L.LightningDataModule):
         return self.real.val_dataloader() if self.real is not None else []
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Real test images become model input as the real data module makes them; dreams
-        already are."""
+        """Real images of the curve (the validation split; test without one) become model input
+        as the real data module makes them; dreams already are."""
         if self.real is None:
             return batch
         images, labels = batch

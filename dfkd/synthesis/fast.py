@@ -6,7 +6,8 @@ generator and the codes take ``g_steps`` Adam steps on the DeepInversion loss (t
 weights, the ADI competition term included when set); then the meta weights move towards the
 adapted ones (Reptile: theta += meta_lr * (theta_adapted - theta)). The first batch trains the
 generator longer (``warmup_steps``), from scratch. After that a new batch costs a few steps
-instead of hundreds.
+instead of hundreds. With ``reset_input_layer`` the generator's input layer starts afresh for
+every batch (so it is not meta-learned; the rest is).
 
 The generator is as wide as the teacher's first BatchNorm layer unless ``generator_width`` says
 otherwise (Fang et al.'s 64 for a standard-width CIFAR ResNet). Measured on the CPU-reduced CIFAR-10
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 
 import torch
@@ -86,6 +88,18 @@ class FastSynthesizer(DeepInversion):
         self.meta.load_state_dict(state["meta"])
         self.batches = state["batches"]
 
+    def reset_project(self) -> None:
+        """A fresh input layer (PyTorch's default Linear initialization, drawn on the CPU from the
+        synthesis seed's stream, so the same on every device): a per-batch variant of Fang et al.'s
+        reset_l0, which re-initializes the input layer and its BatchNorm once, late in training."""
+        layer = self.meta.project
+        weight = nn.init.kaiming_uniform_(torch.empty(layer.weight.shape), a=math.sqrt(5), generator=self.generator)
+        bound = 1 / math.sqrt(layer.in_features)
+        bias = torch.empty(layer.bias.shape).uniform_(-bound, bound, generator=self.generator)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            layer.bias.copy_(bias)
+
     def render(self, generator: Generator, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Generator output squashed into the data set's valid pixel range."""
         low, high = self.bounds(z.device)
@@ -98,10 +112,8 @@ class FastSynthesizer(DeepInversion):
         self.meta.to(device)
         targets = self.balanced_targets(n).to(device)
         z = torch.randn((n, self.latent_dim), generator=self.generator).to(device).requires_grad_(True)
-        if self.reset_input_layer and self.batches > 0:  # Fang et al.'s reset_l0: a fresh start for diversity
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(torch.randint(2**31, (1,), generator=self.generator)))
-                self.meta.project.reset_parameters()
+        if self.reset_input_layer and self.batches > 0:
+            self.reset_project()
         adapted = copy.deepcopy(self.meta).train()
         optimizer = torch.optim.Adam([{"params": adapted.parameters(), "lr": self.lr_generator},
                                       {"params": [z], "lr": self.lr_latent}], betas=(0.5, 0.999))
