@@ -31,15 +31,25 @@ for name in ${RUNS:-real_kd lr0.1 l2_global steps1000}; do
         hydra.run.dir="$out/$name"
 done
 mkdir -p experiments/results/cifar10_structured_levers
-.venv/bin/python - "$out" outputs/bench/cifar10_deploy/structured <<'PY' | tee experiments/results/cifar10_structured_levers/results.md
+table=experiments/results/cifar10_structured_levers/results.md
+.venv/bin/python - "$out" outputs/bench/cifar10_deploy/structured "$table" <<'PY' > "$table.new"
 import json, sys
 from pathlib import Path
-print("| run | pruning | recovery | steps | teacher % | pruned % | validation % | test % | recover s |")
-print("|---|---|---|---|---|---|---|---|---|")
-for path in [Path(sys.argv[2]) / "results.json", *sorted(Path(sys.argv[1]).glob("*/results.json"))]:
+# a run whose results.json is not on this machine keeps its row from the table as it was
+table = Path(sys.argv[3])
+rows = {line.split("|")[1].strip(): line for line in table.read_text().splitlines()[2:]} if table.is_file() else {}
+for path in [Path(sys.argv[2]) / "results.json", *Path(sys.argv[1]).glob("*/results.json")]:
+    if not path.is_file():
+        continue
     r = json.loads(path.read_text()); c = r["config"]
     name = "dream_kd (defaults)" if path.parent == Path(sys.argv[2]) else path.parent.name
-    print(f"| {name} | {c['pruning_method']} {c['pruning_scope']} | {c['recovery']} | {c['recovery_steps']} | "
-          f"{100 * r['teacher']['acc']:.2f} | {100 * r['pruned']['acc']:.2f} | {100 * r['recovered']['val_acc']:.2f} | "
-          f"{100 * r['recovered']['acc']:.2f} | {r['times']['recover']:.0f} |")
+    rows[name] = (f"| {name} | {c['pruning_method']} {c['pruning_scope']} | {c['recovery']} | {c['recovery_steps']} | "
+                  f"{100 * r['teacher']['acc']:.2f} | {100 * r['pruned']['acc']:.2f} | {100 * r['recovered']['val_acc']:.2f} | "
+                  f"{100 * r['recovered']['acc']:.2f} | {r['times']['recover']:.0f} |")
+print("| run | pruning | recovery | steps | teacher % | pruned % | validation % | test % | recover s |")
+print("|---|---|---|---|---|---|---|---|---|")
+first = "dream_kd (defaults)"
+for name in sorted(rows, key=lambda n: (n != first, n)):
+    print(rows[name])
 PY
+mv "$table.new" "$table" && cat "$table"
