@@ -2,7 +2,8 @@
 # Feature mimicking, mixed KD batches, a cheaper synthesis warm-up, the KD temperature, the
 # adversarial (competition) term, a moving average of the BN statistics, frozen student BN
 # statistics, per-dream crops, a higher KD lr, more or fewer generator steps per batch, a generator
-# input layer reset per batch and a stronger BN term at 90% on the CPU-reduced CIFAR-10 setting
+# input layer reset per batch, a stronger BN term and a 50-step warm-up at 90% on the CPU-reduced
+# CIFAR-10 setting
 # (issue 13), chosen on the validation split (data.val_size=5000 of the train split; the teacher
 # never saw it), seed 0, one teacher (teacher.seed=0, cached), 300 KD steps of 128 images, the
 # settings of conf/experiment/cifar10_cpu_reduced.yaml otherwise (rows before the mixing ones set
