@@ -35,9 +35,9 @@ RUNS=(
     "dream_kd_cutmix_w100_adv1 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 synthesis.synthesizer.competition_weight=1"
     "dream_kd_cutmix_w100_bnm09 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 synthesis.synthesizer.bn_momentum=0.9"
     # the student's BN statistics held at the pruned teacher's; each dream cropped at its own offset
-    # (as real-data training augments) instead of one roll for the whole KD batch; a higher KD lr;
+    # (padded with the mean colour) instead of one roll for the whole KD batch; a higher KD lr;
     # twice or 3/5 the generator steps per new batch; the generator's input layer re-initialized for
-    # each batch (Fang et al.'s reset_l0); a stronger BN term
+    # each batch (a per-batch variant of Fang et al.'s reset_l0, which resets once); a stronger BN term
     "dream_kd_cutmix_w100_bnfrozen recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 recovery.student_bn=frozen"
     "dream_kd_cutmix_w100_crop2 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 recovery.pool.shift=crop"
     "dream_kd_cutmix_w100_lr06 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 recovery.optimizer.lr=0.06"
