@@ -17,38 +17,48 @@ for steps in ${STEPS:-300 1000 3000}; do
     done
 done
 mkdir -p experiments/results/cifar10_budget
-.venv/bin/python - "$out" experiments/results/cifar10_budget <<'PY' | tee experiments/results/cifar10_budget/results.md
+table=experiments/results/cifar10_budget/results.md
+.venv/bin/python - "$out" experiments/results/cifar10_budget <<'PY' > "$table.new"
 import json, sys
 from pathlib import Path
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-runs = {}
+table = Path(sys.argv[2]) / "results.md"
+# a budget whose two results.json are not both on this machine keeps its row from the table as it was
+rows = {}
+for line in table.read_text().splitlines()[2:] if table.is_file() else []:
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    rows[int(cells[0])] = cells
+runs, teacher = {}, None
 for path in Path(sys.argv[1]).glob("*/results.json"):
     method, steps = path.parent.name.rsplit("_", 1)
-    runs.setdefault(method, {})[int(steps)] = json.loads(path.read_text())
+    runs.setdefault(int(steps), {})[method] = r = json.loads(path.read_text())
+    teacher = r["teacher"]["acc"]
+for steps, pair in runs.items():
+    if {"real_kd", "dream_kd"} <= set(pair):
+        real, dream = pair["real_kd"]["recovered"], pair["dream_kd"]["recovered"]
+        ratio = pair["dream_kd"]["times"]["recover"] / pair["real_kd"]["times"]["recover"]
+        rows[steps] = [str(steps)] + [f"{100 * x:.2f}" for x in (real["val_acc"], real["acc"], dream["val_acc"],
+                                                                 dream["acc"], real["acc"] - dream["acc"])] + [f"{ratio:.2f}"]
 print("| KD steps | real_kd validation % | real_kd test % | dream_kd validation % | dream_kd test % | gap (test) | wall time dream / real |")
 print("|---|---|---|---|---|---|---|")
-for steps in sorted(set(runs.get("real_kd", {})) | set(runs.get("dream_kd", {}))):
-    real, dream = runs.get("real_kd", {}).get(steps), runs.get("dream_kd", {}).get(steps)
-    cell = lambda r, key: f"{100 * r['recovered'][key]:.2f}" if r else "-"
-    gap = f"{100 * (real['recovered']['acc'] - dream['recovered']['acc']):.2f}" if real and dream else "-"
-    ratio = f"{dream['times']['recover'] / real['times']['recover']:.2f}" if real and dream else "-"
-    print(f"| {steps} | {cell(real, 'val_acc')} | {cell(real, 'acc')} | {cell(dream, 'val_acc')} | {cell(dream, 'acc')} | {gap} | {ratio} |")
+for steps in sorted(rows):
+    print("| " + " | ".join(rows[steps]) + " |")
 fig, ax = plt.subplots(figsize=(5, 4))
-for method, rs in sorted(runs.items()):
-    steps = sorted(rs)
-    ax.plot(steps, [100 * rs[s]["recovered"]["acc"] for s in steps], "o-", label=method)
-teacher = next(r for rs in runs.values() for r in rs.values())["teacher"]["acc"]
-ax.axhline(100 * teacher, color="grey", ls="--", label="teacher")
+steps = sorted(rows)
+ax.plot(steps, [float(rows[s][2]) for s in steps], "o-", label="real_kd")
+ax.plot(steps, [float(rows[s][4]) for s in steps], "o-", label="dream_kd")
+if teacher is not None:
+    ax.axhline(100 * teacher, color="grey", ls="--", label="teacher")
 ax.set_xscale("log")
 ax.set_xlabel("KD steps (128 images each)")
 ax.set_ylabel("test accuracy %")
 ax.set_title("CPU-reduced CIFAR-10 ResNet-18, 90% sparsity")
 ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
-ticks = sorted({s for rs in runs.values() for s in rs})
-ax.set_xticks(ticks, [str(s) for s in ticks])
+ax.set_xticks(steps, [str(s) for s in steps])
 ax.minorticks_off()
 fig.tight_layout()
 fig.savefig(Path(sys.argv[2]) / "accuracy_vs_steps.png", dpi=120)
 PY
+mv "$table.new" "$table" && cat "$table"
