@@ -25,9 +25,19 @@ def freeze(model: nn.Module) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
+# what the student matches: the teacher's softened outputs (kl) or its logits themselves (mse)
+KD_LOSSES = ("kl", "mse")
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-            temperature: float) -> torch.Tensor:
-    """KL(teacher || student) on temperature-softened outputs, times T^2 (Hinton et al.)."""
+            temperature: float, loss: str = "kl") -> torch.Tensor:
+    """``kl``: KL(teacher || student) on temperature-softened outputs, times T^2 (Hinton et al.).
+    ``mse``: half the mean squared difference of the logits, the limit the T^2-scaled KL tends to
+    as T grows (for logits of zero mean; Hinton et al. 2015, sec. 2.1), so one learning rate
+    suits both; matching logits keeps what softmax discards, their scale and the ranks of
+    unlikely classes (Kim et al. 2021). ``temperature`` is not used by ``mse``."""
+    if loss == "mse":
+        return 0.5 * F.mse_loss(student_logits, teacher_logits)
     t = temperature
     return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
                     reduction="batchmean", log_target=True) * t * t
@@ -224,7 +234,7 @@ class ClassifierModule(NetModule):
 
 
 class DistillModule(NetModule):
-    """Frozen teacher -> student by KL at temperature T (x T^2), plus optional CE on the
+    """Frozen teacher -> student by KL at temperature T (x T^2) or by logit MSE (``loss``), plus optional CE on the
     teacher's labels, optional mixing of each batch (``mix``: mixup or CutMix, labelled by the
     teacher) and an optional feature term (``feature_weight`` x feature_loss at
     ``feature_layers``: the student mimics the teacher's intermediate features, which a pruned
@@ -232,10 +242,11 @@ class DistillModule(NetModule):
     used: the transfer set may be dreams."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, num_classes: int,
-                 optimizer: OptimizerFactory, temperature: float = 4.0, ce_weight: float = 0.0,
+                 optimizer: OptimizerFactory, temperature: float = 4.0, loss: str = "kl", ce_weight: float = 0.0,
                  feature_weight: float = 0.0, feature_layers: str = "penultimate", mix: str = "none",
                  mix_alpha: float = 1.0, **schedule) -> None:
         check_mix(mix, mix_alpha)
+        check_choice("recovery.loss", loss, KD_LOSSES)
         super().__init__(student, num_classes, optimizer, **schedule)
         self.save_hyperparameters(ignore=["teacher", "student", "optimizer"])
         self.teacher = freeze(teacher)
@@ -268,7 +279,7 @@ class DistillModule(NetModule):
             teacher_logits = self.teacher(x)
         with captured_inputs(student_taps) as student_features:
             logits = self.net(x)
-        loss = kd_loss(logits, teacher_logits, self.hparams.temperature)
+        loss = kd_loss(logits, teacher_logits, self.hparams.temperature, self.hparams.loss)
         if self.taps:
             features = feature_loss(student_features, teacher_features, feature_scales(teacher_taps))
             self.log("train/feature_loss", features)

@@ -30,7 +30,7 @@ from torch import nn
 from dfkd.data import ImageDataModule
 from dfkd.errors import DfkdError, check, check_choice
 from dfkd.models import has_batchnorm
-from dfkd.modules import (FEATURE_LAYERS, ClassifierModule, DistillModule, NetModule, check_mix, matching_taps,
+from dfkd.modules import (FEATURE_LAYERS, KD_LOSSES, ClassifierModule, DistillModule, NetModule, check_mix, matching_taps,
                           recalibrate_batchnorm)
 from dfkd.synthesis import SynthesisMonitor, SyntheticDataModule
 from dfkd.trainer import make_trainer
@@ -50,7 +50,7 @@ class Recovery:
     uses_real_data = False
 
     def __init__(self, name: str, steps: int = 300, batch_size: int = 128, temperature: float = 4.0,
-                 ce_weight: float = 0.0, gradient_clip_val: float | None = None, warmup_fraction: float = 0.0,
+                 loss: str = "kl", ce_weight: float = 0.0, gradient_clip_val: float | None = None, warmup_fraction: float = 0.0,
                  val_every_n_steps: int = 50, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
                  student_bn: str = "train", feature_weight: float = 0.0, feature_layers: str = "penultimate",
                  mix: str = "none", mix_alpha: float = 1.0, **synthetic_only) -> None:
@@ -60,6 +60,7 @@ class Recovery:
         check(int(steps) >= 1 and int(batch_size) >= 1,
               f"recovery.steps={steps} and recovery.batch_size={batch_size} must both be at least 1.")
         check(float(temperature) > 0, f"recovery.temperature={temperature} must be > 0.")
+        check_choice("recovery.loss", loss, KD_LOSSES)
         check(0.0 <= float(warmup_fraction) < 1.0,
               f"recovery.warmup_fraction={warmup_fraction} must lie in [0, 1).")
         check(int(val_every_n_steps) >= 1, f"recovery.val_every_n_steps={val_every_n_steps} must be >= 1.")
@@ -70,7 +71,7 @@ class Recovery:
         self.student_bn, self.mix, self.mix_alpha = student_bn, mix, float(mix_alpha)
         self.feature_weight, self.feature_layers = float(feature_weight), feature_layers
         self.name, self.steps, self.batch_size = name, int(steps), int(batch_size)
-        self.temperature, self.ce_weight = float(temperature), float(ce_weight)
+        self.temperature, self.loss, self.ce_weight = float(temperature), loss, float(ce_weight)
         self.gradient_clip_val, self.warmup_fraction = gradient_clip_val, float(warmup_fraction)
         self.val_every_n_steps, self.optimizer = int(val_every_n_steps), optimizer
 
@@ -91,7 +92,7 @@ class Recovery:
     # -- what subclasses choose ------------------------------------------------------------
     def module(self, teacher: nn.Module, student: nn.Module, num_classes: int, channels_last: bool) -> NetModule:
         return DistillModule(teacher, student, num_classes, self.optimizer, temperature=self.temperature,
-                             ce_weight=self.ce_weight, feature_weight=self.feature_weight,
+                             loss=self.loss, ce_weight=self.ce_weight, feature_weight=self.feature_weight,
                              feature_layers=self.feature_layers, mix=self.mix, mix_alpha=self.mix_alpha,
                              **self.schedule(channels_last))
 

@@ -2,7 +2,7 @@
 # Feature mimicking, mixed KD batches, a cheaper synthesis warm-up, the KD temperature, the
 # adversarial (competition) term, a moving average of the BN statistics, frozen student BN
 # statistics, per-dream crops, a higher KD lr, more or fewer generator steps per batch, a generator
-# input layer reset per batch, a stronger BN term and a 50-step warm-up at 90% on the CPU-reduced
+# input layer reset per batch, a stronger BN term, a 50-step warm-up and logit matching (MSE) at 90% on the CPU-reduced
 # CIFAR-10 setting
 # (issue 13), chosen on the validation split (data.val_size=5000 of the train split; the teacher
 # never saw it), seed 0, one teacher (teacher.seed=0, cached), 300 KD steps of 128 images, the
@@ -47,6 +47,10 @@ RUNS=(
     "dream_kd_cutmix_w100_bn30 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 synthesis.synthesizer.bn_weight=30"
     # half the warm-up again (the wall-time lever: the warm-up is most of synthesis), refreshes unchanged
     "dream_kd_cutmix_w50 recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=50"
+    # the student matches the teacher's logits (half their mean squared difference, KL's
+    # high-temperature limit) instead of its softened outputs, on dreams and on real images
+    "dream_kd_cutmix_w100_mse recovery=dream_kd recovery.mix=cutmix synthesis.synthesizer.warmup_steps=100 recovery.loss=mse"
+    "real_kd_cutmix_mse recovery=real_kd recovery.mix=cutmix recovery.loss=mse"
 )
 for run in "${RUNS[@]}"; do
     set -- $run

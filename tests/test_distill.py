@@ -23,6 +23,20 @@ def test_kd_loss_is_zero_for_equal_outputs_and_scaled_by_t_squared():
     assert kd_loss(other, logits, t).item() == pytest.approx(manual.item(), rel=1e-5)
 
 
+def test_logit_mse_is_the_high_temperature_limit_of_kd_and_ignores_the_temperature():
+    torch.manual_seed(0)
+    teacher = torch.randn(8, 10)
+    student = teacher + 0.3 * torch.randn(8, 10)
+    teacher, student = teacher - teacher.mean(1, keepdim=True), student - student.mean(1, keepdim=True)
+    mse = kd_loss(student, teacher, 4.0, "mse")
+    assert mse.item() == pytest.approx(0.5 * ((student - teacher) ** 2).mean().item(), rel=1e-6)
+    assert kd_loss(student, teacher, 1.0, "mse").item() == mse.item()
+    # Hinton et al.: the T^2-scaled KL tends to the logit MSE, so one learning rate suits both
+    assert kd_loss(student.double(), teacher.double(), 1000.0).item() == pytest.approx(mse.item(), rel=1e-2)
+    assert kd_loss(student.double(), teacher.double(), 1.0).item() != pytest.approx(mse.item(), rel=1e-1)
+    assert kd_loss(teacher, teacher, 4.0, "mse").item() == 0.0
+
+
 def test_teacher_stays_frozen_in_eval_mode_through_a_lightning_fit():
     torch.manual_seed(0)
     teacher, student = DigitsCNN(width=4), DigitsCNN(width=4)
