@@ -33,9 +33,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
             temperature: float, loss: str = "kl") -> torch.Tensor:
     """``kl``: KL(teacher || student) on temperature-softened outputs, times T^2 (Hinton et al.).
     ``mse``: half the mean squared difference of the logits, the limit the T^2-scaled KL tends to
-    as T grows (for logits of zero mean; Hinton et al. 2015, sec. 2.1), so one learning rate
-    suits both; matching logits keeps what softmax discards, their scale and the ranks of
+    as T grows for logits of zero mean (Hinton et al. 2015, sec. 2.1; unlike KL it also matches the
+    logits' mean), so a learning rate tuned for KL is a fair start for it; matching logits keeps what softmax discards, their scale and the ranks of
     unlikely classes (Kim et al. 2021). ``temperature`` is not used by ``mse``."""
+    check_choice("recovery.loss", loss, KD_LOSSES)
     if loss == "mse":
         return 0.5 * F.mse_loss(student_logits, teacher_logits)
     t = temperature

@@ -81,7 +81,8 @@ class Recovery:
             matching_taps(model, model, self.feature_layers, self.feature_weight)
 
     def settings(self) -> dict:
-        return {"recovery": self.name, "recovery_steps": self.steps, "recovery_batch_size": self.batch_size}
+        return {"recovery": self.name, "recovery_steps": self.steps, "recovery_batch_size": self.batch_size,
+                "recovery_loss": self.loss}
 
     def with_steps(self, steps: int) -> Recovery:
         """The same recovery with a budget of ``steps`` (a round of iterative pruning)."""
@@ -171,9 +172,9 @@ class FineTune(RealKD):
     """Cross-entropy on the real train split's labels (recovery=finetune)."""
 
     def module(self, teacher, student, num_classes, channels_last):
-        if self.mix != "none" or self.feature_weight:
-            log.warning("recovery=finetune trains on labels: it ignores recovery.mix=%s and recovery.feature_weight=%g "
-                        "(settings of the KD methods).", self.mix, self.feature_weight)
+        if self.mix != "none" or self.feature_weight or self.loss != "kl":
+            log.warning("recovery=finetune trains on labels: it ignores recovery.mix=%s, recovery.feature_weight=%g "
+                        "and recovery.loss=%s (settings of the KD methods).", self.mix, self.feature_weight, self.loss)
         return ClassifierModule(student, num_classes, self.optimizer, config_group="recovery",
                                 **self.schedule(channels_last))
 

@@ -5,7 +5,8 @@
 # input layer reset per batch, a stronger BN term, a 50-step warm-up, logit matching (MSE) and a wider generator at 90% on the CPU-reduced
 # CIFAR-10 setting
 # (issue 13), chosen on the validation split (data.val_size=5000 of the train split; the teacher
-# never saw it), seed 0, one teacher (teacher.seed=0, cached), 300 KD steps of 128 images, the
+# never saw it), seed 0, one teacher (teacher.seed=0, cached; the same recipe trained on another CPU
+# can give a slightly different teacher, so the table says each row's), 300 KD steps of 128 images, the
 # settings of conf/experiment/cifar10_cpu_reduced.yaml otherwise (rows before the mixing ones set
 # recovery.mix=none: they were measured before the experiment chose cutmix). Each run alone on the machine
 # (wall times compare): about 4 minutes a run on 2 idle cores, plus 25 for the teacher if it is
@@ -66,7 +67,9 @@ table=experiments/results/cifar10_features/results.md
 import json, sys
 from pathlib import Path
 table = Path(sys.argv[2])
-earlier = {line.split("|")[1].strip(): line for line in table.read_text().splitlines()[2:]} if table.is_file() else {}
+# rows kept from the table must have today's columns (the teacher column came later)
+earlier = {line.split("|")[1].strip(): line for line in table.read_text().splitlines()[2:]
+           if line.count("|") == 9} if table.is_file() else {}
 print("| run | overrides | teacher % | validation % | test % | target agreement | recovery s | synthesis s |")
 print("|---|---|---|---|---|---|---|---|")
 for run in sys.argv[3:]:

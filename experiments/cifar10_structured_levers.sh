@@ -4,12 +4,14 @@
 # images the teacher never saw); one cached teacher (teacher.seed=0), seed 0. Each run is
 # `+experiment=cifar10_cpu_reduced pruning=structured pruning.ratio=0.5` plus:
 #   dream_kd          the defaults (300 KD steps, lr 0.03): the structured run of cifar10_deploy.sh
+#                     (`METHODS=structured bash experiments/cifar10_deploy.sh` first refreshes its row)
 #   real_kd           the same KD on the real train split: the ceiling
 #   lr0.1             recovery.optimizer.lr=0.1
 #   l2_global         pruning.importance=l2 pruning.scope=global
 #   steps1000         recovery.steps=1000
-# and, with RUNS="bn_scale real_kd_steps1000 cutmix_steps1000 real_kd_cutmix_steps1000": pruning.importance=bn_scale;
-# real_kd for 1000 steps; dream_kd and real_kd for 1000 steps with CutMix. Every run but the
+# and, with RUNS="bn_scale real_kd_steps1000 cutmix_steps1000 real_kd_cutmix_steps1000 cutmix_steps3000":
+# pruning.importance=bn_scale; real_kd for 1000 steps; dream_kd and real_kd for 1000 steps with
+# CutMix; dream_kd for 3000 steps with CutMix (about 20 minutes). Every run but the
 # cutmix ones sets recovery.mix=none, and every run 200 warm-up steps: they predate the
 # experiment's CutMix and shorter warm-up.
 # About 5 minutes a run on 2 idle cores (13 for 1000 steps). Table:
@@ -23,8 +25,8 @@ declare -A extra=(
     [l2_global]="pruning.importance=l2 pruning.scope=global" [bn_scale]="pruning.importance=bn_scale"
     [steps1000]="recovery.steps=1000" [real_kd_steps1000]="recovery=real_kd recovery.steps=1000"
     [cutmix_steps1000]="recovery.steps=1000 recovery.mix=cutmix"
-    [real_kd_cutmix_steps1000]="recovery=real_kd recovery.steps=1000 recovery.mix=cutmix")
-[ -f outputs/bench/cifar10_deploy/structured/results.json ] || METHODS=structured bash experiments/cifar10_deploy.sh
+    [real_kd_cutmix_steps1000]="recovery=real_kd recovery.steps=1000 recovery.mix=cutmix"
+    [cutmix_steps3000]="recovery.steps=3000 recovery.mix=cutmix")
 for name in ${RUNS:-real_kd lr0.1 l2_global steps1000}; do
     [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
         teacher.seed=0 seed=0 pruning=structured pruning.ratio=0.5 deploy=none recovery.mix=none synthesis.synthesizer.warmup_steps=200 ${extra[$name]} \

@@ -1,25 +1,57 @@
-"""The deployment table of a folder of runs: python experiments/deploy_table.py FOLDER."""
+"""The deployment table of a folder of runs: python experiments/deploy_table.py FOLDER [TABLE].
+
+With TABLE (the table as it was), a run whose results.json is not in FOLDER keeps its rows from
+TABLE, so that re-running one method on a fresh machine does not drop the others."""
 
 import json
 import sys
 from pathlib import Path
 
-print("| pruning | teacher % | pruned % | recovered, validation % | recovered, test % | below teacher | "
-      "non-zero params | FLOPs | zipped file | CPU speed-up @1 | @64 | ONNX matches | recover s |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-for path in sorted(Path(sys.argv[1]).glob("*/results.json")):
+HEADER = ("| pruning | teacher % | pruned % | recovered, validation % | recovered, test % | below teacher | "
+          "non-zero params | FLOPs | zipped file | CPU speed-up @1 | @64 | latency timed | ONNX matches | recover s |")
+COLUMNS = HEADER.count("|")
+
+
+def earlier_rows(table: Path) -> dict[str, list[str]]:
+    """Each run's row and its round rows in ``table``, by run name (rows of other layouts dropped)."""
+    blocks: dict[str, list[str]] = {}
+    name = None
+    for line in table.read_text().splitlines()[2:] if table.is_file() else []:
+        if line.count("|") != COLUMNS:
+            name = None
+        elif line.startswith("|   round"):
+            if name:
+                blocks[name].append(line)
+        else:
+            name = line.split("|")[1].split()[0]
+            blocks[name] = [line]
+    return blocks
+
+
+def rows(path: Path) -> list[str]:
     r = json.loads(path.read_text())
     d, t, rec = r["deployment"], r["teacher"]["acc"], r["recovered"]
     s, te = d["student"], d["teacher"]
     speed = d.get("speedup", {})
-    print(f"| {path.parent.name} ({r['config']['pruning_method']}) | {100 * t:.2f} | {100 * r['pruned']['acc']:.2f} | "
-          f"{100 * rec.get('val_acc', float('nan')):.2f} | {100 * rec['acc']:.2f} | {100 * (t - rec['acc']):.2f} | "
-          f"{s['nonzero_params'] / te['params']:.2f}x | {d['flops_ratio']:.2f}x | {d['compressed_ratio']:.2f}x | "
-          f"{speed.get('1', float('nan')):.2f}x | {speed.get('64', float('nan')):.2f}x | "
-          f"{d.get('onnx', {}).get('matches', '-')} | {r['times']['recover']:.0f} |")
+    timed = f"{d['threads']} thread{'s' * (d['threads'] != 1)}, {d.get('memory_format', 'contiguous')}"
+    out = [f"| {path.parent.name} ({r['config']['pruning_method']}) | {100 * t:.2f} | {100 * r['pruned']['acc']:.2f} | "
+           f"{100 * rec.get('val_acc', float('nan')):.2f} | {100 * rec['acc']:.2f} | {100 * (t - rec['acc']):.2f} | "
+           f"{s['nonzero_params'] / te['params']:.2f}x | {d['flops_ratio']:.2f}x | {d['compressed_ratio']:.2f}x | "
+           f"{speed.get('1', float('nan')):.2f}x | {speed.get('64', float('nan')):.2f}x | {timed} | "
+           f"{d.get('onnx', {}).get('matches', '-')} | {r['times']['recover']:.0f} |"]
     for k, rd in enumerate(r["pruning"].get("rounds", [])):
         after = rd.get("recovered", rec)
-        print(f"|   round {k + 1}: {100 * rd['ratio']:.1f}%, {rd['steps']} steps | | {100 * rd['pruned']['acc']:.2f} | | "
-              f"{100 * after['acc']:.2f} | | | | | | | | |")
-print(f"\nCPU threads for latency: {d['threads']}, {d.get('memory_format', 'contiguous')}; the 2:4 student's speed with sparse GPU kernels: not measured "
-      f"(no GPU).")
+        out.append(f"|   round {k + 1}: {100 * rd['ratio']:.1f}%, {rd['steps']} steps | | {100 * rd['pruned']['acc']:.2f} | | "
+                   f"{100 * after['acc']:.2f} | | | | | | | | | |")
+    return out
+
+
+blocks = earlier_rows(Path(sys.argv[2])) if len(sys.argv) > 2 else {}
+for path in Path(sys.argv[1]).glob("*/results.json"):
+    blocks[path.parent.name] = rows(path)
+print(HEADER)
+print("|---" * (COLUMNS - 1) + "|")
+for name in sorted(blocks):
+    print("\n".join(blocks[name]))
+print("\nLatency: median of repeated CPU runs after warm-up (deploy.threads, deploy.channels_last); the 2:4 "
+      "student's speed with sparse GPU kernels: not measured (no GPU).")

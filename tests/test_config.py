@@ -129,7 +129,7 @@ def test_every_experiment_composes(make_cfg, experiment):
 def test_recovery_baselines_share_the_budget(make_cfg):
     methods = ("dream_kd", "noise_kd", "real_kd", "finetune")
     budgets = {m: make_cfg(f"recovery={m}").recovery for m in methods}
-    for key in ("steps", "batch_size", "temperature", "optimizer"):
+    for key in ("steps", "batch_size", "temperature", "loss", "optimizer"):
         assert len({str(budgets[m][key]) for m in methods}) == 1, key
 
 

@@ -35,6 +35,8 @@ def test_logit_mse_is_the_high_temperature_limit_of_kd_and_ignores_the_temperatu
     assert kd_loss(student.double(), teacher.double(), 1000.0).item() == pytest.approx(mse.item(), rel=1e-2)
     assert kd_loss(student.double(), teacher.double(), 1.0).item() != pytest.approx(mse.item(), rel=1e-1)
     assert kd_loss(teacher, teacher, 4.0, "mse").item() == 0.0
+    with pytest.raises(DfkdError, match=r"recovery\.loss"):
+        kd_loss(student, teacher, 4.0, "MSE")
 
 
 def test_teacher_stays_frozen_in_eval_mode_through_a_lightning_fit():

@@ -152,6 +152,7 @@ def test_an_interrupted_run_resumes_with_one_command(tmp_path, cache_dir):
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
     results = json.loads((folder / "results.json").read_text())
     assert results["config"]["recovery_steps"] == 60 and results["config"]["pruning_ratio"] == 0.9
+    assert results["config"]["recovery_loss"] == "kl"
     assert results["recovered"]["sparsity"] >= 0.9 - 1e-3
     # The resumed part trained steps 31-60 only, and the original record is untouched.
     with open(folder / "csv" / "version_1" / "metrics.csv") as f:
