@@ -11,7 +11,7 @@
 #   steps1000         recovery.steps=1000
 # and, with RUNS="bn_scale real_kd_steps1000 cutmix_steps1000 real_kd_cutmix_steps1000 cutmix_steps3000":
 # pruning.importance=bn_scale; real_kd for 1000 steps; dream_kd and real_kd for 1000 steps with
-# CutMix; dream_kd for 3000 steps with CutMix (about 20 minutes). Every run but the
+# CutMix; dream_kd for 3000 steps with CutMix (30 minutes or more). Every run but the
 # cutmix ones sets recovery.mix=none, and every run 200 warm-up steps: they predate the
 # experiment's CutMix and shorter warm-up.
 # About 5 minutes a run on 2 idle cores (13 for 1000 steps). Table:
