@@ -34,8 +34,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     """``kl``: KL(teacher || student) on temperature-softened outputs, times T^2 (Hinton et al.).
     ``mse``: half the mean squared difference of the logits, the limit the T^2-scaled KL tends to
     as T grows for logits of zero mean (Hinton et al. 2015, sec. 2.1; unlike KL it also matches the
-    logits' mean), so a learning rate tuned for KL is a fair start for it; matching logits keeps what softmax discards, their scale and the ranks of
-    unlikely classes (Kim et al. 2021). ``temperature`` is not used by ``mse``."""
+    logits' mean), so a learning rate tuned for KL is a fair start for it; matching logits keeps
+    what softmax discards, their scale and the ranks of unlikely classes (Kim et al. 2021).
+    ``temperature`` is not used by ``mse``."""
     check_choice("recovery.loss", loss, KD_LOSSES)
     if loss == "mse":
         return 0.5 * F.mse_loss(student_logits, teacher_logits)
@@ -235,17 +236,17 @@ class ClassifierModule(NetModule):
 
 
 class DistillModule(NetModule):
-    """Frozen teacher -> student by KL at temperature T (x T^2) or by logit MSE (``loss``), plus optional CE on the
-    teacher's labels, optional mixing of each batch (``mix``: mixup or CutMix, labelled by the
-    teacher) and an optional feature term (``feature_weight`` x feature_loss at
+    """Frozen teacher -> student by KL at temperature T (x T^2) or by logit MSE (``loss``), plus
+    optional CE on the teacher's labels, optional mixing of each batch (``mix``: mixup or CutMix,
+    labelled by the teacher) and an optional feature term (``feature_weight`` x feature_loss at
     ``feature_layers``: the student mimics the teacher's intermediate features, which a pruned
     student of the same architecture can do layer for layer). The batch's own labels are never
     used: the transfer set may be dreams."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, num_classes: int,
-                 optimizer: OptimizerFactory, temperature: float = 4.0, loss: str = "kl", ce_weight: float = 0.0,
-                 feature_weight: float = 0.0, feature_layers: str = "penultimate", mix: str = "none",
-                 mix_alpha: float = 1.0, **schedule) -> None:
+                 optimizer: OptimizerFactory, temperature: float = 4.0, loss: str = "kl",
+                 ce_weight: float = 0.0, feature_weight: float = 0.0, feature_layers: str = "penultimate",
+                 mix: str = "none", mix_alpha: float = 1.0, **schedule) -> None:
         check_mix(mix, mix_alpha)
         check_choice("recovery.loss", loss, KD_LOSSES)
         super().__init__(student, num_classes, optimizer, **schedule)

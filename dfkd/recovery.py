@@ -30,8 +30,8 @@ from torch import nn
 from dfkd.data import ImageDataModule
 from dfkd.errors import DfkdError, check, check_choice
 from dfkd.models import has_batchnorm
-from dfkd.modules import (FEATURE_LAYERS, KD_LOSSES, ClassifierModule, DistillModule, NetModule, check_mix, matching_taps,
-                          recalibrate_batchnorm)
+from dfkd.modules import (FEATURE_LAYERS, KD_LOSSES, ClassifierModule, DistillModule, NetModule, check_mix,
+                          matching_taps, recalibrate_batchnorm)
 from dfkd.synthesis import SynthesisMonitor, SyntheticDataModule
 from dfkd.trainer import make_trainer
 
@@ -50,7 +50,8 @@ class Recovery:
     uses_real_data = False
 
     def __init__(self, name: str, steps: int = 300, batch_size: int = 128, temperature: float = 4.0,
-                 loss: str = "kl", ce_weight: float = 0.0, gradient_clip_val: float | None = None, warmup_fraction: float = 0.0,
+                 loss: str = "kl", ce_weight: float = 0.0, gradient_clip_val: float | None = None,
+                 warmup_fraction: float = 0.0,
                  val_every_n_steps: int = 50, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
                  student_bn: str = "train", feature_weight: float = 0.0, feature_layers: str = "penultimate",
                  mix: str = "none", mix_alpha: float = 1.0, **synthetic_only) -> None:
@@ -173,8 +174,9 @@ class FineTune(RealKD):
 
     def module(self, teacher, student, num_classes, channels_last):
         if self.mix != "none" or self.feature_weight or self.loss != "kl":
-            log.warning("recovery=finetune trains on labels: it ignores recovery.mix=%s, recovery.feature_weight=%g "
-                        "and recovery.loss=%s (settings of the KD methods).", self.mix, self.feature_weight, self.loss)
+            log.warning("recovery=finetune trains on labels: it ignores recovery.mix=%s, "
+                        "recovery.feature_weight=%g and recovery.loss=%s (settings of the KD methods).",
+                        self.mix, self.feature_weight, self.loss)
         return ClassifierModule(student, num_classes, self.optimizer, config_group="recovery",
                                 **self.schedule(channels_last))
 
