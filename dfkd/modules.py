@@ -37,12 +37,13 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     logits' mean), so a learning rate tuned for KL is a fair start for it; matching logits keeps
     what softmax discards, their scale and the ranks of unlikely classes (Kim et al. 2021).
     ``temperature`` is not used by ``mse``."""
-    check_choice("recovery.loss", loss, KD_LOSSES)
+    if loss == "kl":
+        t = temperature
+        return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                        reduction="batchmean", log_target=True) * t * t
     if loss == "mse":
         return 0.5 * F.mse_loss(student_logits, teacher_logits)
-    t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                    reduction="batchmean", log_target=True) * t * t
+    check_choice("recovery.loss", loss, KD_LOSSES)  # raises: reached only by an unknown loss
 
 
 # how KD batches may be mixed before the teacher labels them
