@@ -161,6 +161,7 @@ def _no_work_done(cache_dir: Path, out: Path) -> bool:
     ("recovery=real_kd recovery.mix_alpha=0", "recovery.mix_alpha"),
     ("pruning=structured recovery.feature_weight=1", "recovery.feature_weight=0 with structured"),
     ("synthesis.synthesizer.g_steps=0", "synthesis.synthesizer.g_steps"),
+    ("synthesis.synthesizer.warmup_latents=random", "synthesis.synthesizer.warmup_latents"),
     ("pruning.ratio=abc", "pruning.ratio"),
     ("data.num_classes=7", "data.num_classes"),
     ("teacher.checkpoint=/nonexistent/teacher.pt", "teacher.checkpoint"),

@@ -178,3 +178,23 @@ def test_fast_reset_input_layer_restarts_the_input_layer_for_each_new_batch(digi
     assert torch.equal(reset[1], again[1])                                        # reproducibly
     moved = reset[3].project.weight - reset[2]
     assert moved.abs().mean() > 10 * (plain[3].project.weight - plain[2]).abs().mean()
+
+
+def test_fast_warmup_with_fresh_latents_dreams_from_codes_it_never_saw(digits_teacher):
+    """``warmup_latents=fresh``: the warm-up redraws the latent codes every g_steps steps, so the
+    generator dreams the target classes from brand-new codes with no step on them; the default
+    (``fixed``) fits one set of codes, and new codes land on what the teacher recognizes less."""
+    teacher, data = digits_teacher
+    recognized = {}
+    for latents in ("fixed", "fresh"):
+        fast = _synth(teacher, data, cls=FastSynthesizer, warmup_steps=200, g_steps=5, bn_weight=3.0,
+                      warmup_latents=latents)
+        fast.synthesize(100)
+        new_targets = fast.balanced_targets(300)
+        with torch.no_grad():  # new codes, no step on them: what the warm-up taught the generator
+            unseen = fast.render(fast.meta.eval(), fast.latents(300), new_targets)
+        recognized[latents] = fast.quality(unseen, new_targets)["synthesis/target_acc"]
+    # measured: 0.15 (fixed: about chance, 0.1) against 0.54 (fresh)
+    assert recognized["fresh"] >= recognized["fixed"] + 0.2, recognized
+    with pytest.raises(DfkdError, match=r"synthesis\.synthesizer\.warmup_latents='random'"):
+        _synth(teacher, data, cls=FastSynthesizer, warmup_latents="random")
