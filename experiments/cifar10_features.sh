@@ -2,9 +2,8 @@
 # Feature mimicking, mixed KD batches, a cheaper synthesis warm-up, the KD temperature, the
 # adversarial (competition) term, a moving average of the BN statistics, frozen student BN
 # statistics, per-dream crops, a higher KD lr, more or fewer generator steps per batch, a generator
-# input layer reset per batch, a stronger BN term, a 50-step warm-up, logit matching (MSE), a wider generator and fresh
-# latent codes through the warm-up at 90% on the CPU-reduced
-# CIFAR-10 setting
+# input layer reset per batch, a stronger BN term, a 50-step warm-up, logit matching (MSE), a wider
+# generator and fresh latent codes through the warm-up at 90% on the CPU-reduced CIFAR-10 setting
 # (issue 13), chosen on the validation split (data.val_size=5000 of the train split; the teacher
 # never saw it), seed 0, one teacher (teacher.seed=0, cached; the same recipe trained on another CPU
 # can give a slightly different teacher, so the table says each row's), 300 KD steps of 128 images, the

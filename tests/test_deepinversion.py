@@ -180,9 +180,10 @@ def test_fast_reset_input_layer_restarts_the_input_layer_for_each_new_batch(digi
     assert moved.abs().mean() > 10 * (plain[3].project.weight - plain[2]).abs().mean()
 
 
-def test_fast_warmup_with_fresh_latents_dreams_from_codes_it_never_saw(digits_teacher):
+@pytest.mark.slow  # two warm-ups of 200 generator steps: about 25 s
+def test_fast_warmup_with_fresh_latents_dreams_from_codes_it_was_not_fitted_to(digits_teacher):
     """``warmup_latents=fresh``: the warm-up redraws the latent codes every g_steps steps, so the
-    generator dreams the target classes from brand-new codes with no step on them; the default
+    generator dreams the target classes from new codes with no step on them; the default
     (``fixed``) fits one set of codes, and new codes land on what the teacher recognizes less."""
     teacher, data = digits_teacher
     recognized = {}
@@ -196,5 +197,19 @@ def test_fast_warmup_with_fresh_latents_dreams_from_codes_it_never_saw(digits_te
         recognized[latents] = fast.quality(unseen, new_targets)["synthesis/target_acc"]
     # measured: 0.15 (fixed: about chance, 0.1) against 0.54 (fresh)
     assert recognized["fresh"] >= recognized["fixed"] + 0.2, recognized
+
+
+def test_fast_warmup_latents_schedule_and_refusal(digits_teacher):
+    """Fresh codes start every g_steps steps while a whole chunk of g_steps is left (the batch
+    returned gets at least g_steps steps on its codes, as a later batch does), in the warm-up only;
+    ``fixed`` never redraws; an unknown value is refused with the setting's name."""
+    teacher, data = digits_teacher
+    fresh = _synth(teacher, data, cls=FastSynthesizer, g_steps=5, warmup_latents="fresh")
+    assert [s for s in range(1, 201) if fresh.redraws_latents_before(s, 200)] == list(range(6, 197, 5))
+    assert [s for s in range(1, 13) if fresh.redraws_latents_before(s, 12)] == [6]
+    fresh.batches = 1
+    assert not any(fresh.redraws_latents_before(s, 5) for s in range(1, 6))
+    fixed = _synth(teacher, data, cls=FastSynthesizer, g_steps=5)
+    assert not any(fixed.redraws_latents_before(s, 200) for s in range(1, 201))
     with pytest.raises(DfkdError, match=r"synthesis\.synthesizer\.warmup_latents='random'"):
         _synth(teacher, data, cls=FastSynthesizer, warmup_latents="random")

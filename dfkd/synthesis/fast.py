@@ -31,13 +31,13 @@ import time
 import torch
 from torch import nn
 
-from dfkd.errors import check
+from dfkd.errors import check, check_choice
 from dfkd.models import batchnorm_layers
 from dfkd.synthesis.base import temporarily_frozen
 from dfkd.synthesis.deepinversion import DeepInversion
 
 log = logging.getLogger(__name__)
-WARMUP_LATENTS = ("fresh", "fixed")
+WARMUP_LATENTS = ("fixed", "fresh")
 
 
 class Generator(nn.Module):
@@ -76,9 +76,7 @@ class FastSynthesizer(DeepInversion):
               f"synthesis.synthesizer.g_steps={g_steps} and warmup_steps={warmup_steps} must both be "
               f"at least 1: each new batch takes g_steps generator steps (the first: warmup_steps).")
         self.g_steps, self.warmup_steps = int(g_steps), int(warmup_steps)
-        check(warmup_latents in WARMUP_LATENTS, f"synthesis.synthesizer.warmup_latents={warmup_latents!r} "
-              f"is unknown; choose one of {list(WARMUP_LATENTS)} (fresh: new latent codes every g_steps "
-              f"steps of the warm-up; fixed: one set throughout).")
+        check_choice("synthesis.synthesizer.warmup_latents", warmup_latents, WARMUP_LATENTS)
         self.warmup_latents = warmup_latents
         self.lr_generator, self.lr_latent, self.meta_lr = float(lr_generator), float(lr_latent), float(meta_lr)
         self.latent_dim, self.reset_input_layer = int(latent_dim), bool(reset_input_layer)
