@@ -48,7 +48,9 @@ HEADLINE = ("synthesis/target_acc", "synthesis/class_balance", "synthesis/bn_los
 class ProgressLog(Callback):
     """Plain log lines for runs without a progress bar (Slurm, CI, run.log): the logged figures
     and the time so far, after every epoch, or every ``every_n_steps`` optimizer steps and at the
-    end. A long teacher training or recovery is never silent for an hour."""
+    end. A long teacher training or recovery is never silent for an hour. In step mode the
+    validation figures get a line of their own when a validation ends: the step's line comes
+    before that step's validation, and would show the previous one's figures as if they were new."""
 
     def __init__(self, stage: str, every_n_steps: int | None = None) -> None:
         self.stage, self.every = stage, every_n_steps
@@ -56,11 +58,13 @@ class ProgressLog(Callback):
     def on_train_start(self, trainer, pl_module):
         self.start = time.perf_counter()
 
-    def _line(self, trainer, where: str) -> None:
+    def _line(self, trainer, where: str, validation: bool | None = None) -> None:
+        """``validation``: only the val/ figures (True), none of them (False), or all (None)."""
         if not trainer.is_global_zero:
             return
         figures = ", ".join(f"{k} {v.item():.4g}" for k, v in sorted(trainer.callback_metrics.items())
-                            if v.numel() == 1 and (not k.startswith("synthesis/") or k in HEADLINE))
+                            if v.numel() == 1 and (not k.startswith("synthesis/") or k in HEADLINE)
+                            and (validation is None or k.startswith("val/") == validation))
         log.info("%s %s: %s (%.0f s)", self.stage, where, figures or "-", time.perf_counter() - self.start)
 
     def on_train_epoch_end(self, trainer, pl_module):
@@ -70,7 +74,11 @@ class ProgressLog(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if self.every and (step % self.every == 0 or step == trainer.max_steps):
-            self._line(trainer, f"step {step}/{trainer.max_steps}")
+            self._line(trainer, f"step {step}/{trainer.max_steps}", validation=False)
+
+    def on_validation_end(self, trainer, pl_module):
+        if self.every and not trainer.sanity_checking:
+            self._line(trainer, f"step {trainer.global_step}/{trainer.max_steps}, validation", validation=True)
 
 
 # conf/trainer settings that are dfkd's, not the Lightning Trainer's
