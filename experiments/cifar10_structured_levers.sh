@@ -9,9 +9,9 @@
 #   lr0.1             recovery.optimizer.lr=0.1
 #   l2_global         pruning.importance=l2 pruning.scope=global
 #   steps1000         recovery.steps=1000
-# and, with RUNS="bn_scale real_kd_steps1000 cutmix_steps1000 real_kd_cutmix_steps1000 cutmix_steps3000":
-# pruning.importance=bn_scale; real_kd for 1000 steps; dream_kd and real_kd for 1000 steps with
-# CutMix; dream_kd for 3000 steps with CutMix (30 minutes or more). Every run but the
+# and, with RUNS="bn_scale real_kd_steps1000 cutmix_steps1000 real_kd_cutmix_steps1000 cutmix_steps3000
+# real_kd_cutmix_steps3000": pruning.importance=bn_scale; real_kd for 1000 steps; dream_kd and real_kd
+# for 1000 steps with CutMix; dream_kd and real_kd for 3000 steps with CutMix (30 minutes or more each). Every run but the
 # cutmix ones sets recovery.mix=none, and every run 200 warm-up steps: they predate the
 # experiment's CutMix and shorter warm-up.
 # About 5 minutes a run on 2 idle cores (13 for 1000 steps). Table:
@@ -26,7 +26,8 @@ declare -A extra=(
     [steps1000]="recovery.steps=1000" [real_kd_steps1000]="recovery=real_kd recovery.steps=1000"
     [cutmix_steps1000]="recovery.steps=1000 recovery.mix=cutmix"
     [real_kd_cutmix_steps1000]="recovery=real_kd recovery.steps=1000 recovery.mix=cutmix"
-    [cutmix_steps3000]="recovery.steps=3000 recovery.mix=cutmix")
+    [cutmix_steps3000]="recovery.steps=3000 recovery.mix=cutmix"
+    [real_kd_cutmix_steps3000]="recovery=real_kd recovery.steps=3000 recovery.mix=cutmix")
 for name in ${RUNS:-real_kd lr0.1 l2_global steps1000}; do
     [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
         teacher.seed=0 seed=0 pruning=structured pruning.ratio=0.5 deploy=none recovery.mix=none synthesis.synthesizer.warmup_steps=200 ${extra[$name]} \
