@@ -25,13 +25,11 @@ from pathlib import Path
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-table = Path(sys.argv[2]) / "results.md"
+from experiments.tables import cells, earlier_rows
+HEADER = ("| KD steps | teacher % | real_kd validation % | real_kd test % | dream_kd validation % | dream_kd test % "
+          "| gap (test) | wall time dream / real |")
 # a budget whose two results.json are not both on this machine keeps its row from the table as it was
-rows = {}
-for line in table.read_text().splitlines()[2:] if table.is_file() else []:
-    cells = [c.strip() for c in line.strip().strip("|").split("|")]
-    if len(cells) == 8:
-        rows[int(cells[0])] = cells
+rows = {int(steps): cells(lines[0]) for steps, lines in earlier_rows(Path(sys.argv[2]) / "results.md", HEADER).items()}
 runs = {}
 for path in Path(sys.argv[1]).glob("*/results.json"):
     method, steps = path.parent.name.rsplit("_", 1)
@@ -48,7 +46,7 @@ for steps, pair in runs.items():
     ratio = f"{pair['dream_kd']['times']['recover'] / pair['real_kd']['times']['recover']:.2f}" if both else "-"
     rows[steps] = [str(steps), teachers.pop(), get("real_kd", "val_acc"), get("real_kd", "acc"),
                    get("dream_kd", "val_acc"), get("dream_kd", "acc"), gap, ratio]
-print("| KD steps | teacher % | real_kd validation % | real_kd test % | dream_kd validation % | dream_kd test % | gap (test) | wall time dream / real |")
+print(HEADER)
 print("|---|---|---|---|---|---|---|---|")
 for steps in sorted(rows):
     print("| " + " | ".join(rows[steps]) + " |")

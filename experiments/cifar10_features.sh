@@ -69,18 +69,18 @@ table=experiments/results/cifar10_features/results.md
 .venv/bin/python - "$out" "$table" "${RUNS[@]}" <<'PY' > "$table.new"
 import json, sys
 from pathlib import Path
-table = Path(sys.argv[2])
+from experiments.tables import earlier_rows
+HEADER = "| run | overrides | teacher % | validation % | test % | target agreement | recovery s | synthesis s |"
 # rows kept from the table must have today's columns (the teacher column came later)
-earlier = {line.split("|")[1].strip(): line for line in table.read_text().splitlines()[2:]
-           if line.count("|") == 9} if table.is_file() else {}
-print("| run | overrides | teacher % | validation % | test % | target agreement | recovery s | synthesis s |")
+earlier = earlier_rows(Path(sys.argv[2]), HEADER)
+print(HEADER)
 print("|---|---|---|---|---|---|---|---|")
 for run in sys.argv[3:]:
     name, *overrides = run.split()
     path = Path(sys.argv[1]) / name / "results.json"
     if not path.is_file():
         if name in earlier:
-            print(earlier[name])
+            print("\n".join(earlier[name]))
         continue
     r = json.loads(path.read_text())
     rec, syn = r["recovered"], r.get("synthesis") or {}

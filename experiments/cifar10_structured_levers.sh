@@ -38,9 +38,10 @@ table=experiments/results/cifar10_structured_levers/results.md
 .venv/bin/python - "$out" outputs/bench/cifar10_deploy/structured "$table" <<'PY' > "$table.new"
 import json, sys
 from pathlib import Path
+from experiments.tables import earlier_rows
+HEADER = "| run | pruning | recovery | steps | teacher % | pruned % | validation % | test % | recover s |"
 # a run whose results.json is not on this machine keeps its row from the table as it was
-table = Path(sys.argv[3])
-rows = {line.split("|")[1].strip(): line for line in table.read_text().splitlines()[2:]} if table.is_file() else {}
+rows = {name: lines[0] for name, lines in earlier_rows(Path(sys.argv[3]), HEADER).items()}
 for path in [Path(sys.argv[2]) / "results.json", *Path(sys.argv[1]).glob("*/results.json")]:
     if not path.is_file():
         continue
@@ -49,7 +50,7 @@ for path in [Path(sys.argv[2]) / "results.json", *Path(sys.argv[1]).glob("*/resu
     rows[name] = (f"| {name} | {c['pruning_method']} {c['pruning_scope']} | {c['recovery']} | {c['recovery_steps']} | "
                   f"{100 * r['teacher']['acc']:.2f} | {100 * r['pruned']['acc']:.2f} | {100 * r['recovered']['val_acc']:.2f} | "
                   f"{100 * r['recovered']['acc']:.2f} | {r['times']['recover']:.0f} |")
-print("| run | pruning | recovery | steps | teacher % | pruned % | validation % | test % | recover s |")
+print(HEADER)
 print("|---|---|---|---|---|---|---|---|---|")
 first = "dream_kd (defaults)"
 for name in sorted(rows, key=lambda n: (n != first, n)):

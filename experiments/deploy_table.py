@@ -7,25 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+from tables import cells, earlier_rows
+
 HEADER = ("| pruning | teacher % | pruned % | recovered, validation % | recovered, test % | below teacher | "
           "non-zero params | FLOPs | zipped file | CPU speed-up @1 | @64 | latency timed | ONNX matches | recover s |")
 COLUMNS = HEADER.count("|")
-
-
-def earlier_rows(table: Path) -> dict[str, list[str]]:
-    """Each run's row and its round rows in ``table``, by run name (rows of other layouts dropped)."""
-    blocks: dict[str, list[str]] = {}
-    name = None
-    for line in table.read_text().splitlines()[2:] if table.is_file() else []:
-        if line.count("|") != COLUMNS:
-            name = None
-        elif line.startswith("|   round"):
-            if name:
-                blocks[name].append(line)
-        else:
-            name = line.split("|")[1].split()[0]
-            blocks[name] = [line]
-    return blocks
 
 
 def rows(path: Path) -> list[str]:
@@ -46,9 +32,10 @@ def rows(path: Path) -> list[str]:
     return out
 
 
-blocks = earlier_rows(Path(sys.argv[2])) if len(sys.argv) > 2 else {}
+blocks = earlier_rows(Path(sys.argv[2]), HEADER) if len(sys.argv) > 2 else {}
 for path in Path(sys.argv[1]).glob("*/results.json"):
-    blocks[path.parent.name] = rows(path)
+    block = rows(path)
+    blocks[cells(block[0])[0]] = block
 print(HEADER)
 print("|---" * (COLUMNS - 1) + "|")
 for name in sorted(blocks):
