@@ -39,6 +39,34 @@ def test_logit_mse_is_the_high_temperature_limit_of_kd_and_ignores_the_temperatu
         kd_loss(student, teacher, 4.0, "MSE")
 
 
+@pytest.mark.parametrize("loss", ["kl", "mse"])
+def test_kd_focus_weighs_the_images_the_student_gets_most_wrong_most(loss):
+    """recovery.kd_focus: 0 is plain KD; > 0 keeps the batch's mean weight at 1 (so equal losses
+    give plain KD) and moves the gradient towards the images with the largest KD loss."""
+    from dfkd.modules import kd_loss_per_image
+
+    torch.manual_seed(0)
+    teacher = torch.randn(4, 10)
+    student = teacher + torch.tensor([0.01, 0.1, 1.0, 3.0]).view(4, 1) * torch.randn(4, 10)
+    assert kd_loss(student, teacher, 4.0, loss, focus=0.0) == kd_loss(student, teacher, 4.0, loss)
+    shifted = teacher.roll(1, dims=1)
+    same = torch.stack([teacher[0], teacher[0]]), torch.stack([shifted[0], shifted[0]])
+    assert torch.allclose(kd_loss(*same, 4.0, loss, focus=2.0), kd_loss(*same, 4.0, loss))
+
+    def share_of_hardest(focus):
+        logits = student.clone().requires_grad_(True)
+        kd_loss(logits, teacher, 4.0, loss, focus=focus).backward()
+        norms = logits.grad.norm(dim=1)
+        return float(norms[3] / norms.sum())
+
+    per_image = kd_loss_per_image(student, teacher, 4.0, loss)
+    assert int(per_image.argmax()) == 3
+    assert share_of_hardest(1.0) > share_of_hardest(0.0) + 0.05
+    assert share_of_hardest(2.0) > share_of_hardest(1.0)
+    with pytest.raises(DfkdError, match=r"recovery\.kd_focus"):
+        DistillModule(DigitsCNN(width=4), DigitsCNN(width=4), 10, _sgd, kd_focus=-1)
+
+
 def test_teacher_stays_frozen_in_eval_mode_through_a_lightning_fit():
     torch.manual_seed(0)
     teacher, student = DigitsCNN(width=4), DigitsCNN(width=4)
@@ -228,3 +256,45 @@ def test_kd_on_mixed_batches_shows_both_networks_the_mixed_images(make_cfg):
         assert (module.mixer.permutation(16) == first).all()  # the checkpointed stream goes on where it was
     with pytest.raises(DfkdError, match=r"recovery\.mix='cutout' is unknown"):
         DistillModule(teacher, student, 10, _sgd, mix="cutout")
+
+
+def test_ema_decay_ends_the_student_as_the_average_of_its_steps_and_keeps_its_zeros(make_cfg, digits_teacher,
+                                                                                      tmp_path):
+    """recovery.ema_decay: the recovered student is the exponential moving average of the weights
+    it had after each KD step (computed here independently), and the pruned zeros stay zero."""
+    import copy
+
+    from lightning.pytorch.callbacks import Callback
+
+    from dfkd.config import build
+    from dfkd.pruning import NM, make_permanent
+
+    teacher, data = digits_teacher
+    decay = 0.8
+    cfg = make_cfg("recovery=real_kd", "recovery.steps=6", "recovery.val_every_n_steps=3",
+                   f"recovery.ema_decay={decay}")
+    student = NM()(copy.deepcopy(teacher))
+    for p in student.parameters():
+        p.requires_grad_(True)
+    zeros = {n: m.weight_mask == 0 for n, m in student.named_modules() if hasattr(m, "weight_mask")}
+    seen = []
+
+    class Snapshots(Callback):  # the student's own weights after each step, before any averaging
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append({k: v.detach().clone() for k, v in student.state_dict().items()})
+
+    build(cfg.recovery, "recovery").recover(teacher, student, data, cfg.trainer, None, tmp_path,
+                                           callbacks=[Snapshots()], checkpoints=False)
+    assert len(seen) == 6
+    expected = {k: v.float() for k, v in seen[0].items()}
+    for step in seen[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * step[k].float() for k in expected}
+    final = student.state_dict()
+    moved = [k for k in expected if not torch.equal(seen[-1][k], seen[0][k]) and "num_batches" not in k]
+    assert moved  # the steps changed the student, so the average differs from the last step
+    for k in moved:
+        assert torch.allclose(final[k].float(), expected[k], atol=1e-5), k
+        assert not torch.allclose(final[k].float(), seen[-1][k].float(), atol=1e-5) or "mask" in k, k
+    make_permanent(student)
+    for name, zero in zeros.items():
+        assert (student.get_submodule(name).weight[zero] == 0).all(), name
