@@ -30,19 +30,13 @@ KD_LOSSES = ("kl", "mse")
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-            temperature: float, loss: str = "kl", focus: float = 0.0) -> torch.Tensor:
+            temperature: float, loss: str = "kl") -> torch.Tensor:
     """``kl``: KL(teacher || student) on temperature-softened outputs, times T^2 (Hinton et al.).
     ``mse``: half the mean squared difference of the logits, the limit the T^2-scaled KL tends to
     as T grows for logits of zero mean (Hinton et al. 2015, sec. 2.1; unlike KL it also matches the
     logits' mean), so a learning rate tuned for KL is a fair start for it; matching logits keeps
     what softmax discards, their scale and the ranks of unlikely classes (Kim et al. 2021).
-    ``temperature`` is not used by ``mse``. ``focus`` > 0 weights each image's loss by (its loss
-    / the batch's mean loss) ** focus, the weights normalized to a mean of 1 and not differentiated
-    (as a focal loss does): the images the student gets most wrong weigh most."""
-    if focus:
-        per_image = kd_loss_per_image(student_logits, teacher_logits, temperature, loss)
-        weights = (per_image.detach() / per_image.detach().mean().clamp_min(1e-12)) ** focus
-        return (weights / weights.mean().clamp_min(1e-12) * per_image).mean()
+    ``temperature`` is not used by ``mse``."""
     if loss == "kl":
         t = temperature
         return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
@@ -52,24 +46,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     check_choice("recovery.loss", loss, KD_LOSSES)  # raises: reached only by an unknown loss
 
 
-def kd_loss_per_image(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
-                      loss: str) -> torch.Tensor:
-    """kd_loss of each image (its mean over the batch is kd_loss)."""
-    if loss == "kl":
-        t = temperature
-        return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                        reduction="none", log_target=True).sum(1) * t * t
-    if loss == "mse":
-        return 0.5 * (student_logits - teacher_logits).pow(2).mean(1)
-    check_choice("recovery.loss", loss, KD_LOSSES)
-
-
 # how KD batches may be mixed before the teacher labels them
 MIXES = ("none", "mixup", "cutmix")
-
-
-def check_focus(focus: float) -> None:
-    check(float(focus) >= 0, f"recovery.kd_focus={focus} must be >= 0 (0: every image's KD loss weighs the same).")
 
 
 def check_mix(mix: str, alpha: float) -> None:
@@ -269,10 +247,9 @@ class DistillModule(NetModule):
     def __init__(self, teacher: nn.Module, student: nn.Module, num_classes: int,
                  optimizer: OptimizerFactory, temperature: float = 4.0, loss: str = "kl",
                  ce_weight: float = 0.0, feature_weight: float = 0.0, feature_layers: str = "penultimate",
-                 mix: str = "none", mix_alpha: float = 1.0, kd_focus: float = 0.0, **schedule) -> None:
+                 mix: str = "none", mix_alpha: float = 1.0, **schedule) -> None:
         check_mix(mix, mix_alpha)
         check_choice("recovery.loss", loss, KD_LOSSES)
-        check_focus(kd_focus)
         super().__init__(student, num_classes, optimizer, **schedule)
         self.save_hyperparameters(ignore=["teacher", "student", "optimizer"])
         self.teacher = freeze(teacher)
@@ -305,7 +282,7 @@ class DistillModule(NetModule):
             teacher_logits = self.teacher(x)
         with captured_inputs(student_taps) as student_features:
             logits = self.net(x)
-        loss = kd_loss(logits, teacher_logits, self.hparams.temperature, self.hparams.loss, self.hparams.kd_focus)
+        loss = kd_loss(logits, teacher_logits, self.hparams.temperature, self.hparams.loss)
         if self.taps:
             features = feature_loss(student_features, teacher_features, feature_scales(teacher_taps))
             self.log("train/feature_loss", features)

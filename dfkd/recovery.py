@@ -30,8 +30,8 @@ from torch import nn
 from dfkd.data import ImageDataModule
 from dfkd.errors import DfkdError, check, check_choice
 from dfkd.models import has_batchnorm
-from dfkd.modules import (FEATURE_LAYERS, KD_LOSSES, ClassifierModule, DistillModule, NetModule, check_focus,
-                          check_mix, matching_taps, recalibrate_batchnorm)
+from dfkd.modules import (FEATURE_LAYERS, KD_LOSSES, ClassifierModule, DistillModule, NetModule, check_mix,
+                          matching_taps, recalibrate_batchnorm)
 from dfkd.synthesis import SynthesisMonitor, SyntheticDataModule
 from dfkd.trainer import make_trainer
 
@@ -54,8 +54,7 @@ class Recovery:
                  warmup_fraction: float = 0.0,
                  val_every_n_steps: int = 50, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
                  student_bn: str = "train", feature_weight: float = 0.0, feature_layers: str = "penultimate",
-                 mix: str = "none", mix_alpha: float = 1.0, ema_decay: float = 0.0, kd_focus: float = 0.0,
-                 **synthetic_only) -> None:
+                 mix: str = "none", mix_alpha: float = 1.0, ema_decay: float = 0.0, **synthetic_only) -> None:
         # An experiment file sets the pool for whichever method runs; real-data methods have none.
         unknown = sorted(set(synthetic_only) - {"synthesizer", "pool", "image_grid_every_n_steps"})
         check(not unknown, f"recovery.{unknown[0] if unknown else ''} is not a setting of recovery={name}.")
@@ -70,8 +69,6 @@ class Recovery:
         check(float(feature_weight) >= 0, f"recovery.feature_weight={feature_weight} must be >= 0 (0: logits only).")
         check_choice("recovery.feature_layers", feature_layers, FEATURE_LAYERS)
         check_mix(mix, mix_alpha)
-        check_focus(kd_focus)
-        self.kd_focus = float(kd_focus)
         check(0.0 <= float(ema_decay) < 1.0,
               f"recovery.ema_decay={ema_decay} must lie in [0, 1) (0: the student's own final weights).")
         self.ema_decay = float(ema_decay)
@@ -102,7 +99,7 @@ class Recovery:
         return DistillModule(teacher, student, num_classes, self.optimizer, temperature=self.temperature,
                              loss=self.loss, ce_weight=self.ce_weight, feature_weight=self.feature_weight,
                              feature_layers=self.feature_layers, mix=self.mix, mix_alpha=self.mix_alpha,
-                             kd_focus=self.kd_focus, **self.schedule(channels_last))
+                             **self.schedule(channels_last))
 
     def schedule(self, channels_last: bool) -> dict:
         return {"warmup_fraction": self.warmup_fraction, "channels_last": channels_last,

@@ -39,34 +39,6 @@ def test_logit_mse_is_the_high_temperature_limit_of_kd_and_ignores_the_temperatu
         kd_loss(student, teacher, 4.0, "MSE")
 
 
-@pytest.mark.parametrize("loss", ["kl", "mse"])
-def test_kd_focus_weighs_the_images_the_student_gets_most_wrong_most(loss):
-    """recovery.kd_focus: 0 is plain KD; > 0 keeps the batch's mean weight at 1 (so equal losses
-    give plain KD) and moves the gradient towards the images with the largest KD loss."""
-    from dfkd.modules import kd_loss_per_image
-
-    torch.manual_seed(0)
-    teacher = torch.randn(4, 10)
-    student = teacher + torch.tensor([0.01, 0.1, 1.0, 3.0]).view(4, 1) * torch.randn(4, 10)
-    assert kd_loss(student, teacher, 4.0, loss, focus=0.0) == kd_loss(student, teacher, 4.0, loss)
-    shifted = teacher.roll(1, dims=1)
-    same = torch.stack([teacher[0], teacher[0]]), torch.stack([shifted[0], shifted[0]])
-    assert torch.allclose(kd_loss(*same, 4.0, loss, focus=2.0), kd_loss(*same, 4.0, loss))
-
-    def share_of_hardest(focus):
-        logits = student.clone().requires_grad_(True)
-        kd_loss(logits, teacher, 4.0, loss, focus=focus).backward()
-        norms = logits.grad.norm(dim=1)
-        return float(norms[3] / norms.sum())
-
-    per_image = kd_loss_per_image(student, teacher, 4.0, loss)
-    assert int(per_image.argmax()) == 3
-    assert share_of_hardest(1.0) > share_of_hardest(0.0) + 0.05
-    assert share_of_hardest(2.0) > share_of_hardest(1.0)
-    with pytest.raises(DfkdError, match=r"recovery\.kd_focus"):
-        DistillModule(DigitsCNN(width=4), DigitsCNN(width=4), 10, _sgd, kd_focus=-1)
-
-
 def test_teacher_stays_frozen_in_eval_mode_through_a_lightning_fit():
     torch.manual_seed(0)
     teacher, student = DigitsCNN(width=4), DigitsCNN(width=4)
