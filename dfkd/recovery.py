@@ -23,7 +23,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig
 from torch import nn
 
@@ -54,7 +54,7 @@ class Recovery:
                  warmup_fraction: float = 0.0,
                  val_every_n_steps: int = 50, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
                  student_bn: str = "train", feature_weight: float = 0.0, feature_layers: str = "penultimate",
-                 mix: str = "none", mix_alpha: float = 1.0, ema_decay: float = 0.0, **synthetic_only) -> None:
+                 mix: str = "none", mix_alpha: float = 1.0, **synthetic_only) -> None:
         # An experiment file sets the pool for whichever method runs; real-data methods have none.
         unknown = sorted(set(synthetic_only) - {"synthesizer", "pool", "image_grid_every_n_steps"})
         check(not unknown, f"recovery.{unknown[0] if unknown else ''} is not a setting of recovery={name}.")
@@ -69,9 +69,6 @@ class Recovery:
         check(float(feature_weight) >= 0, f"recovery.feature_weight={feature_weight} must be >= 0 (0: logits only).")
         check_choice("recovery.feature_layers", feature_layers, FEATURE_LAYERS)
         check_mix(mix, mix_alpha)
-        check(0.0 <= float(ema_decay) < 1.0,
-              f"recovery.ema_decay={ema_decay} must lie in [0, 1) (0: the student's own final weights).")
-        self.ema_decay = float(ema_decay)
         self.student_bn, self.mix, self.mix_alpha = student_bn, mix, float(mix_alpha)
         self.feature_weight, self.feature_layers = float(feature_weight), feature_layers
         self.name, self.steps, self.batch_size = name, int(steps), int(batch_size)
@@ -130,8 +127,6 @@ class Recovery:
         out = Path(out)
         module = self.module(teacher, student, data.num_classes, trainer.channels_last)
         source, own = self.source(teacher, student, data, seed, out, curve=real_data)
-        if self.ema_decay:  # the student ends as (and is validated as) an average of its recent weights
-            own.append(EMAWeightAveraging(decay=self.ema_decay))
         if checkpoints:
             own.append(ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
                                        every_n_train_steps=self.val_every_n_steps))

@@ -18,8 +18,13 @@ The 2:4 path's logits are checked against the dense conv's (top-1 agreement, lar
 relative to the largest logit). The weights are a random initialization with BN statistics
 gathered on noise: speed depends on the shapes and the pattern, not on the values.
 
-``--device cpu`` checks the GEMM path against the convolutions in float32 (no sparse kernels on a CPU).
-Results go to OUT/results.json and OUT/results.md after each network."""
+``--device cpu`` checks the GEMM path against the convolutions in float32 (no sparse kernels on a CPU;
+tests/test_nm_gemm.py does the same for single layers). Results go to OUT/results.json and
+OUT/results.md after each network. The products alone are timed with every pruned conv's im2col
+matrix at the largest batch in memory at once (tens of GB for ResNet-50 at batch 1024: fine on an
+H200; give smaller GPUs smaller ``--batches``). Each figure is one timing run: the same product
+measured twice (``--probe`` measures the shapes the two networks share twice) differed by up to
+1.8x on the H200, so compare ranges, not single cells."""
 
 from __future__ import annotations
 
@@ -123,12 +128,15 @@ def gpu_rows(name: str, width: int, batches: list[int], seconds: float, dev: str
     model, layers = pruned(name, width)
     model = model.to(dev, dtype).to(memory_format=torch.channels_last)
     ways = {"dense conv": model, "dense GEMM": as_gemm(model, layers, sparse=False)}
+    default = torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS
     for backend, cutlass in (("cuSPARSELt", False), ("CUTLASS", True)):
         torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS = cutlass
         try:
             ways[f"2:4 GEMM {backend}"] = as_gemm(model, layers, sparse=True)
         except Exception as err:  # a backend missing from this build: say so, measure the rest
             print(f"{name} w{width}: 2:4 with {backend} unavailable: {err}", flush=True)
+        finally:
+            torch.sparse.SparseSemiStructuredTensor._FORCE_CUTLASS = default
     rows = []
     for batch in batches:
         x = torch.randn(batch, 3, 32, 32, device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -227,10 +235,11 @@ def markdown(rows: list[dict], header: str) -> str:
         sparse = [r.get(f"2:4 GEMM {b} ms") for b in ("cuSPARSELt", "CUTLASS")]
         best = min((s for s in sparse if s is not None), default=None)
         check = min((r[k]["top1_agreement"] for k in r if k.endswith("check")), default=None)
-        ratios = ("- | - | -" if best is None else f"{r['dense conv ms'] / best:.2f}x | "
-                  f"{r['dense GEMM ms'] / best:.2f}x | {check:.3f}")
-        lines.append(f"| {r['net']} | {r['batch']} | {r['dense conv ms']:.3f} | {r['dense GEMM ms']:.3f} | "
-                     + " | ".join("-" if s is None else f"{s:.3f}" for s in sparse) + f" | {ratios} |")
+        dense = [r.get("dense conv ms"), r.get("dense GEMM ms")]
+        ratios = ["-" if d is None or best is None else f"{d / best:.2f}x" for d in dense]
+        lines.append(f"| {r['net']} | {r['batch']} | "
+                     + " | ".join("-" if t is None else f"{t:.3f}" for t in dense + sparse)
+                     + f" | {' | '.join(ratios)} | {'-' if check is None else f'{check:.3f}'} |")
     gemm = [(r["net"], r["batch"], b, t) for r in rows for b, t in r.get("GEMMs alone", {}).items()]
     if gemm:
         lines += ["", "| network | batch | backend | pruned convs' GEMMs, dense ms | the same, 2:4 ms | speed-up |",

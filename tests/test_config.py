@@ -155,7 +155,6 @@ def _no_work_done(cache_dir: Path, out: Path) -> bool:
     ("recovery.feature_weight=-1", "recovery.feature_weight"),
     ("recovery.feature_layers=conv", "recovery.feature_layers"),
     ("recovery.mix=cutout", "recovery.mix"),
-    ("recovery.ema_decay=1", "recovery.ema_decay"),
     ("recovery=real_kd recovery.loss=l1", "recovery.loss"),
     ("model.batch_norm=false recovery=real_kd recovery.feature_weight=1 recovery.feature_layers=batchnorm",
      "recovery.feature_layers=penultimate"),
