@@ -9,8 +9,8 @@
 #   lr0.1             recovery.optimizer.lr=0.1
 #   l2_global         pruning.importance=l2 pruning.scope=global
 #   steps1000         recovery.steps=1000
-# and, with RUNS="dream_kd bn_scale real_kd_steps1000 cutmix_steps1000 real_kd_cutmix_steps1000 cutmix_steps3000
-# real_kd_cutmix_steps3000": the defaults again (on this machine's teacher); pruning.importance=bn_scale; real_kd for 1000 steps; dream_kd and real_kd
+# and, with RUNS="dream_kd bn_scale keep_first real_kd_steps1000 cutmix_steps1000 real_kd_cutmix_steps1000 cutmix_steps3000
+# real_kd_cutmix_steps3000": the defaults again (on this machine's teacher); pruning.importance=bn_scale; the first conv kept whole (keep_first); real_kd for 1000 steps; dream_kd and real_kd
 # for 1000 steps with CutMix; dream_kd and real_kd for 3000 steps with CutMix (30 minutes or more each). Every run but the
 # cutmix ones sets recovery.mix=none, and every run 200 warm-up steps: they predate the
 # experiment's CutMix and shorter warm-up.
@@ -23,6 +23,7 @@ out=outputs/bench/cifar10_structured_levers
 declare -A extra=(
     [dream_kd]="" [real_kd]="recovery=real_kd" [lr0.1]="recovery.optimizer.lr=0.1"
     [l2_global]="pruning.importance=l2 pruning.scope=global" [bn_scale]="pruning.importance=bn_scale"
+    [keep_first]="pruning.keep_dense=[first,last]"
     [steps1000]="recovery.steps=1000" [real_kd_steps1000]="recovery=real_kd recovery.steps=1000"
     [cutmix_steps1000]="recovery.steps=1000 recovery.mix=cutmix"
     [real_kd_cutmix_steps1000]="recovery=real_kd recovery.steps=1000 recovery.mix=cutmix"
