@@ -3,17 +3,21 @@
 # setting (issue 15): which settings recover most, chosen on the validation split (5,000 train
 # images the teacher never saw); one cached teacher (teacher.seed=0), seed 0. Each run is
 # `+experiment=cifar10_cpu_reduced pruning=structured pruning.ratio=0.5` plus:
-#   dream_kd          the defaults (300 KD steps, lr 0.03): the structured run of cifar10_deploy.sh
-#                     (`METHODS=structured bash experiments/cifar10_deploy.sh` first refreshes its row)
+#   (table row "dream_kd (defaults)": 300 KD steps, lr 0.03; the structured run of cifar10_deploy.sh,
+#    refreshed by `METHODS=structured bash experiments/cifar10_deploy.sh`)
 #   real_kd           the same KD on the real train split: the ceiling
 #   lr0.1             recovery.optimizer.lr=0.1
 #   l2_global         pruning.importance=l2 pruning.scope=global
 #   steps1000         recovery.steps=1000
-# and, with RUNS="dream_kd bn_scale keep_first real_kd_steps1000 cutmix_steps1000 real_kd_cutmix_steps1000 cutmix_steps3000
-# real_kd_cutmix_steps3000": the defaults again (on this machine's teacher); pruning.importance=bn_scale; the first conv kept whole (keep_first); real_kd for 1000 steps; dream_kd and real_kd
-# for 1000 steps with CutMix; dream_kd and real_kd for 3000 steps with CutMix (30 minutes or more each). Every run but the
-# cutmix ones sets recovery.mix=none, and every run 200 warm-up steps: they predate the
-# experiment's CutMix and shorter warm-up.
+# and, named in RUNS="...":
+#   dream_kd          the defaults again, on this machine's teacher
+#   bn_scale          pruning.importance=bn_scale
+#   keep_first        the first conv kept whole: pruning.keep_dense=[first,last]
+#   real_kd_steps1000, cutmix_steps1000, real_kd_cutmix_steps1000, cutmix_steps3000,
+#   real_kd_cutmix_steps3000: real_kd or dream_kd for 1,000 or 3,000 steps, with CutMix where named
+#                     (30 minutes or more each at 3,000).
+# Every run but the cutmix ones sets recovery.mix=none, and every run 200 warm-up steps: they
+# predate the experiment's CutMix and shorter warm-up.
 # About 5 minutes a run on 2 idle cores (13 for 1000 steps). Table:
 # experiments/results/cifar10_structured_levers/results.md.
 set -euo pipefail
