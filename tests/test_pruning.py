@@ -46,6 +46,41 @@ def test_layer_scope_prunes_every_layer_to_the_ratio():
         assert fraction == pytest.approx(0.8, abs=0.01), name
 
 
+def test_lamp_scores_follow_the_paper_on_a_small_layer():
+    """Lee et al.'s definition, by hand: sorted by |w|, each w^2 over the sum of w^2 from it up."""
+    weight = torch.tensor([[3.0, -1.0], [0.5, 2.0]])
+    # squares 9, 1, 0.25, 4 -> ascending 0.25, 1, 4, 9 with tails 14.25, 14, 13, 9
+    expected = torch.tensor([[9 / 9, 1 / 14], [0.25 / 14.25, 4 / 13]])
+    assert torch.allclose(pruning.lamp_scores(weight), expected)
+
+
+def test_lamp_reaches_the_ratio_ranks_like_l1_within_a_layer_and_keeps_every_layer():
+    model = _model()
+    with torch.no_grad():
+        model.features[3].weight.mul_(1e-4)  # tiny weights: a global |w| threshold empties this layer
+    reference = [m.weight.detach().clone() for _, m in pruning.prunable(model)]
+    report = pruning.sparsity(pruning.prune(model, 0.9, scope="lamp"))
+    assert report["overall"] == pytest.approx(0.9, abs=1.0 / report["weights"])
+    for (name, m), original in zip(pruning.prunable(model), reference):
+        kept = m.weight != 0
+        assert kept.any(), name  # the largest weight of each layer scores 1: never emptied
+        # within a layer LAMP ranks as |w| does: every kept weight is larger than every pruned one
+        assert original[kept].abs().min() >= original[~kept].abs().max(), name
+    assert report["layers"]["features.3"] < 1.0
+
+
+def test_tables_tell_the_scopes_apart():
+    """Runs that differ only in pruning.scope must not be averaged into one row of a report."""
+    names = {scope: pruning.Unstructured(0.9, scope=scope).settings()["pruning_method"]
+             for scope in ("global", "layer", "lamp")}
+    assert names == {"global": "l1", "layer": "l1 layer", "lamp": "l1 lamp"}
+
+
+def test_lamp_with_random_pruning_is_refused():
+    with pytest.raises(DfkdError, match=r"pruning\.scope=lamp.*pruning\.method=l1"):
+        pruning.prune(_model(), 0.5, method="random", scope="lamp")
+
+
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
 def test_ratio_outside_zero_one_is_refused(ratio):
     with pytest.raises(DfkdError, match=r"pruning\.ratio"):

@@ -1,7 +1,7 @@
 """Stage 2: prune the student. Each method is one class, built by Hydra from the ``_target_`` of
 its conf/pruning/*.yaml:
 
-    magnitude, random  Unstructured  single weights to zero (global or per-layer L1, or random)
+    magnitude, random  Unstructured  single weights to zero (global, per-layer or LAMP L1, or random)
     iterative          Iterative     the same by magnitude, in rounds with recovery after each
     nm                 NM            N:M semi-structured (2:4 by default): what GPU sparse cores run
     structured         Structured    whole channels, with torch-pruning: a genuinely smaller network
@@ -10,7 +10,7 @@ its conf/pruning/*.yaml:
 from dfkd.pruning.common import Pruner, is_masked, make_permanent, prunable, sparsity
 from dfkd.pruning.nm import NM
 from dfkd.pruning.structured import Structured
-from dfkd.pruning.unstructured import Iterative, Unstructured, prune
+from dfkd.pruning.unstructured import Iterative, Unstructured, lamp_scores, prune
 
 __all__ = ["NM", "Iterative", "Pruner", "Structured", "Unstructured", "is_masked", "make_permanent", "prunable",
-           "prune", "sparsity"]
+           "lamp_scores", "prune", "sparsity"]

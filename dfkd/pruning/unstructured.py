@@ -1,6 +1,9 @@
 """Unstructured pruning (conf/pruning/magnitude.yaml, random.yaml, iterative.yaml): single weights
-set to zero with torch.nn.utils.prune, by |weight| or at random, over the whole network or per
-layer. The student keeps torch's ``weight_orig * weight_mask`` parametrization during recovery, so
+set to zero with torch.nn.utils.prune, by |weight| or at random, over the whole network, per
+layer, or over the whole network by LAMP scores (Lee et al., ICLR 2021: each weight's square over the
+sum of the squares of its layer's weights at least as large), which rank weights of different
+layers on one scale, so deep wide layers are not emptied the way a global |weight| threshold
+empties them. The student keeps torch's ``weight_orig * weight_mask`` parametrization during recovery, so
 pruned weights stay exactly zero whatever the optimizer does.
 
 What it buys: a smaller file once compressed (zeros compress) and sparse kernels where a runtime
@@ -16,19 +19,22 @@ from dfkd.errors import check, check_choice
 from dfkd.pruning.common import Pruner, check_no_layer_removed, check_ratio, make_permanent, targets
 
 CRITERIA = {"l1": tprune.L1Unstructured, "random": tprune.RandomUnstructured}
-SCOPES = ("global", "layer")
+SCOPES = ("global", "layer", "lamp")
 SCHEDULES = ("cubic", "linear")
 
 
 def prune(model: nn.Module, ratio: float, method: str = "l1", scope: str = "global", keep_dense=()) -> nn.Module:
     """Zero ``ratio`` of the conv/linear weights in place: by magnitude (l1) or at random, ranked
-    across the whole network (global) or within each layer (layer); ``keep_dense`` layers stay dense."""
+    across the whole network (global), within each layer (layer), or across the whole network by
+    LAMP score (lamp, l1 only); ``keep_dense`` layers stay dense."""
     ratio = check_ratio(ratio)
     check_method_and_scope(method, scope)
     layers = targets(model, keep_dense)
     model.to(memory_format=torch.contiguous_format)  # a GPU-trained teacher may be channels_last
-    if scope == "global":
-        tprune.global_unstructured([(m, "weight") for _, m in layers], pruning_method=CRITERIA[method], amount=ratio)
+    if scope in ("global", "lamp"):
+        scores = {(m, "weight"): lamp_scores(m.weight) for _, m in layers} if scope == "lamp" else None
+        tprune.global_unstructured([(m, "weight") for _, m in layers], pruning_method=CRITERIA[method],
+                                   importance_scores=scores, amount=ratio)
     else:
         for _, m in layers:
             CRITERIA[method].apply(m, "weight", amount=ratio)
@@ -37,9 +43,25 @@ def prune(model: nn.Module, ratio: float, method: str = "l1", scope: str = "glob
     return model
 
 
+def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
+    """LAMP scores of one layer's weights (Lee et al., "Layer-adaptive sparsity for the
+    magnitude-based pruning", ICLR 2021): with the weights sorted by |w|, each one's w^2 over the sum
+    of w^2 of itself and every larger weight. Within a layer they rank as |w| does; across layers
+    they are comparable, and the layer's largest weight scores 1, so no layer is emptied."""
+    squares = weight.detach().flatten().float().pow(2)
+    order = torch.argsort(squares)
+    ranked = squares[order]
+    tails = ranked.flip(0).cumsum(0).flip(0)  # sum of the squares from each weight up to the largest
+    scores = torch.empty_like(squares)
+    scores[order] = ranked / tails.clamp_min(torch.finfo(torch.float32).tiny)
+    return scores.view_as(weight)
+
+
 def check_method_and_scope(method: str, scope: str) -> None:
     check_choice("pruning.method", method, sorted(CRITERIA))
     check_choice("pruning.scope", scope, SCOPES)
+    check(scope != "lamp" or method == "l1", f"pruning.scope=lamp ranks weights by magnitude: it needs "
+          f"pruning.method=l1 (got {method!r}); random pruning takes pruning.scope=global or layer.")
 
 
 class Unstructured(Pruner):
@@ -54,11 +76,15 @@ class Unstructured(Pruner):
     def __call__(self, model, example=None, ratio=None):
         return prune(model, self.ratio if ratio is None else ratio, self.method, self.scope, self.keep_dense)
 
+    def name(self) -> str:
+        """The method as tables name it: l1 (global), l1 layer, l1 lamp, random, ..."""
+        return self.method if self.scope == "global" else f"{self.method} {self.scope}"
+
     def describe(self) -> str:
-        return f"{self.ratio:.0%} {self.method}"
+        return f"{self.ratio:.0%} {self.name()}"
 
     def settings(self) -> dict:
-        return {"pruning_ratio": self.ratio, "pruning_method": self.method, "pruning_scope": self.scope,
+        return {"pruning_ratio": self.ratio, "pruning_method": self.name(), "pruning_scope": self.scope,
                 "pruning_keep_dense": self.keep_dense}
 
 
@@ -87,8 +113,8 @@ class Iterative(Unstructured):
         return super().__call__(make_permanent(model), example, ratio)
 
     def describe(self) -> str:
-        return f"{self.ratio:.0%} l1 in {self.n_rounds} {self.schedule} rounds"
+        return f"{self.ratio:.0%} {self.name()} in {self.n_rounds} {self.schedule} rounds"
 
     def settings(self) -> dict:
-        return {**super().settings(), "pruning_method": f"l1 {self.n_rounds}x{self.schedule}",
+        return {**super().settings(), "pruning_method": f"{self.name()} {self.n_rounds}x{self.schedule}",
                 "pruning_rounds": [round(r, 4) for r in self.rounds()]}
