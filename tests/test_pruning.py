@@ -16,7 +16,7 @@ def _model():
 @pytest.mark.parametrize("method", ["l1", "random"])
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9])
 def test_global_pruning_reaches_the_asked_ratio(method, ratio):
-    model = pruning.prune(_model(), ratio, method=method)
+    model = pruning.prune(_model(), ratio, method=method, scope="global")
     report = pruning.sparsity(model)
     assert report["overall"] == pytest.approx(ratio, abs=1.0 / report["weights"])
     assert set(report["layers"]) == {"features.0", "features.3", "features.7", "classifier"}
@@ -24,7 +24,7 @@ def test_global_pruning_reaches_the_asked_ratio(method, ratio):
 
 def test_global_l1_removes_the_smallest_weights():
     reference = _model()
-    model = pruning.prune(_model(), 0.7)
+    model = pruning.prune(_model(), 0.7, scope="global")
     kept = torch.cat([m.weight.flatten() for _, m in pruning.prunable(model)])
     original = torch.cat([m.weight.detach().flatten() for _, m in pruning.prunable(reference)])
     threshold = original.abs().kthvalue(int(0.7 * original.numel())).values
@@ -149,7 +149,7 @@ def test_a_global_ratio_that_removes_a_whole_layer_is_refused():
     with torch.no_grad():
         model.features[3].weight.mul_(1e-4)  # a layer of tiny weights: global L1 takes all of them
     with pytest.raises(DfkdError, match=r"removes every weight of layer features\.3.*pruning\.scope=layer"):
-        pruning.prune(model, 0.6)
+        pruning.prune(model, 0.6, scope="global")
     assert pruning.sparsity(pruning.prune(_model(), 0.6, scope="layer"))["overall"] == pytest.approx(0.6, abs=1e-2)
 
 

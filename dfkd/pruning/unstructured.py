@@ -23,7 +23,7 @@ SCOPES = ("global", "layer", "lamp")
 SCHEDULES = ("cubic", "linear")
 
 
-def prune(model: nn.Module, ratio: float, method: str = "l1", scope: str = "global", keep_dense=()) -> nn.Module:
+def prune(model: nn.Module, ratio: float, method: str = "l1", scope: str = "lamp", keep_dense=()) -> nn.Module:
     """Zero ``ratio`` of the conv/linear weights in place: by magnitude (l1) or at random, ranked
     across the whole network (global), within each layer (layer), or across the whole network by
     LAMP score (lamp, l1 only); ``keep_dense`` layers stay dense."""
@@ -38,8 +38,9 @@ def prune(model: nn.Module, ratio: float, method: str = "l1", scope: str = "glob
     else:
         for _, m in layers:
             CRITERIA[method].apply(m, "weight", amount=ratio)
-    check_no_layer_removed(model, ratio, "lower pruning.ratio, prune per layer (pruning.scope=layer), or "
-                           "leave that layer dense (pruning.keep_dense=[...]).")
+    check_no_layer_removed(model, ratio, "lower pruning.ratio, prune per layer (pruning.scope=layer) or by "
+                           "LAMP scores (pruning.scope=lamp, which never empties a layer), or leave that layer "
+                           "dense (pruning.keep_dense=[...]).")
     return model
 
 
@@ -68,7 +69,7 @@ class Unstructured(Pruner):
     """Unstructured pruning of every conv and linear weight (but ``keep_dense``) to ``ratio``, by
     |weight| (l1) or at random, globally or per layer."""
 
-    def __init__(self, ratio: float = 0.9, method: str = "l1", scope: str = "global", keep_dense=()) -> None:
+    def __init__(self, ratio: float = 0.9, method: str = "l1", scope: str = "lamp", keep_dense=()) -> None:
         super().__init__(ratio, keep_dense)
         check_method_and_scope(method, scope)
         self.method, self.scope = method, scope
@@ -76,15 +77,15 @@ class Unstructured(Pruner):
     def __call__(self, model, example=None, ratio=None):
         return prune(model, self.ratio if ratio is None else ratio, self.method, self.scope, self.keep_dense)
 
-    def name(self) -> str:
+    def label(self) -> str:
         """The method as tables name it: l1 (global), l1 layer, l1 lamp, random, ..."""
         return self.method if self.scope == "global" else f"{self.method} {self.scope}"
 
     def describe(self) -> str:
-        return f"{self.ratio:.0%} {self.name()}"
+        return f"{self.ratio:.0%} {self.label()}"
 
     def settings(self) -> dict:
-        return {"pruning_ratio": self.ratio, "pruning_method": self.name(), "pruning_scope": self.scope,
+        return {"pruning_ratio": self.ratio, "pruning_method": self.label(), "pruning_scope": self.scope,
                 "pruning_keep_dense": self.keep_dense}
 
 
@@ -94,11 +95,11 @@ class Iterative(Unstructured):
     prunes by magnitude to its ratio of the whole network: the zeros of earlier rounds are the
     smallest weights, so they stay pruned."""
 
-    def __init__(self, ratio: float = 0.9, method: str = "l1", scope: str = "global", keep_dense=(),
+    def __init__(self, ratio: float = 0.9, method: str = "l1", scope: str = "lamp", keep_dense=(),
                  rounds: int = 3, schedule: str = "cubic") -> None:
-        super().__init__(ratio, method, scope, keep_dense)
         check(method == "l1", f"pruning=iterative needs pruning.method=l1 (got {method!r}): random re-pruning "
               f"would bring pruned weights back.")
+        super().__init__(ratio, method, scope, keep_dense)
         check(isinstance(rounds, int) and rounds >= 1, f"pruning.rounds={rounds!r} must be a whole number >= 1.")
         check_choice("pruning.schedule", schedule, SCHEDULES)
         self.n_rounds, self.schedule = rounds, schedule
@@ -113,8 +114,8 @@ class Iterative(Unstructured):
         return super().__call__(make_permanent(model), example, ratio)
 
     def describe(self) -> str:
-        return f"{self.ratio:.0%} {self.name()} in {self.n_rounds} {self.schedule} rounds"
+        return f"{self.ratio:.0%} {self.label()} in {self.n_rounds} {self.schedule} rounds"
 
     def settings(self) -> dict:
-        return {**super().settings(), "pruning_method": f"{self.name()} {self.n_rounds}x{self.schedule}",
+        return {**super().settings(), "pruning_method": f"{self.label()} {self.n_rounds}x{self.schedule}",
                 "pruning_rounds": [round(r, 4) for r in self.rounds()]}
