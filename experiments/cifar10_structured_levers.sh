@@ -13,6 +13,8 @@
 #   dream_kd          the defaults again, on this machine's teacher
 #   bn_scale          pruning.importance=bn_scale
 #   keep_first        the first conv kept whole: pruning.keep_dense=[first,last]
+#   global_lamp       channels ranked network-wide on LAMP-normalized L1 scores:
+#                     pruning.scope=global pruning.normalizer=lamp
 #   real_kd_steps1000, cutmix_steps1000, real_kd_cutmix_steps1000, cutmix_steps3000,
 #   real_kd_cutmix_steps3000: real_kd or dream_kd for 1,000 or 3,000 steps, with CutMix where named
 #                     (30 minutes or more each at 3,000).
@@ -28,6 +30,7 @@ declare -A extra=(
     [dream_kd]="" [real_kd]="recovery=real_kd" [lr0.1]="recovery.optimizer.lr=0.1"
     [l2_global]="pruning.importance=l2 pruning.scope=global" [bn_scale]="pruning.importance=bn_scale"
     [keep_first]="pruning.keep_dense=[first,last]"
+    [global_lamp]="pruning.scope=global pruning.normalizer=lamp"
     [steps1000]="recovery.steps=1000" [real_kd_steps1000]="recovery=real_kd recovery.steps=1000"
     [cutmix_steps1000]="recovery.steps=1000 recovery.mix=cutmix"
     [real_kd_cutmix_steps1000]="recovery=real_kd recovery.steps=1000 recovery.mix=cutmix"

@@ -242,6 +242,25 @@ def test_structured_pruning_by_parameters_and_global_bn_scale():
     assert sum(p.numel() for p in model.parameters()) <= 0.4 * sum(p.numel() for p in _model().parameters()) * 1.001
 
 
+def test_global_structured_pruning_with_lamp_normalizer_reaches_the_flops_and_ranks_otherwise():
+    from dfkd.models import cifar
+
+    def pruned(normalizer):
+        torch.manual_seed(0)
+        model = cifar.resnet18(width=8)
+        before = _flops(model, (3, 32, 32))
+        pruner = pruning.Structured(0.5, scope="global", normalizer=normalizer)
+        model = pruner(model, torch.zeros(1, 3, 32, 32))
+        assert _flops(model, (3, 32, 32)) <= 0.5 * before * 1.001
+        return pruner.found["channels"], pruner.settings()["pruning_method"]
+
+    (mean, mean_name), (lamp, lamp_name) = pruned("mean"), pruned("lamp")
+    assert mean != lamp  # the normalizer decides which layers give up channels
+    assert (mean_name, lamp_name) == ("structured l1", "structured l1 lamp")
+    with pytest.raises(DfkdError, match=r"pruning\.normalizer"):
+        pruning.Structured(0.5, scope="global", normalizer="median")
+
+
 def test_structured_pruning_leaves_batchnorm_statistics_alone():
     model = _model()
     bn = model.features[1]

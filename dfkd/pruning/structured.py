@@ -6,7 +6,9 @@ so it runs faster on any hardware and its file is smaller.
 
 Channels are ranked by the L1 or L2 norm of their weights, or by their BatchNorm scale; the same
 share of channels leaves every layer (uniform) or the least important across the network leave
-first (global)."""
+first (global), their scores put on one scale per layer by torch-pruning's ``normalizer`` (mean:
+each layer's scores over their mean; lamp: Lee et al.'s LAMP scores, as unstructured pruning's
+default ranks single weights)."""
 
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from dfkd.errors import DfkdError, check, check_choice
 from dfkd.pruning.common import Pruner, check_ratio, dense_names, prunable, sparsity, undone
 
-IMPORTANCE = {"l1": lambda: tp.importance.MagnitudeImportance(p=1),
-              "l2": lambda: tp.importance.MagnitudeImportance(p=2),
-              "bn_scale": lambda: tp.importance.BNScaleImportance()}
+IMPORTANCE = {"l1": lambda normalizer: tp.importance.MagnitudeImportance(p=1, normalizer=normalizer),
+              "l2": lambda normalizer: tp.importance.MagnitudeImportance(p=2, normalizer=normalizer),
+              "bn_scale": lambda normalizer: tp.importance.BNScaleImportance(normalizer=normalizer)}
 SCOPES = ("uniform", "global")
+NORMALIZERS = ("mean", "max", "sum", "lamp", "gaussian", "standarization")  # torch-pruning's names
 TARGETS = ("flops", "params")
 STEPS = 100  # channels leave in steps of 1% of each layer's width, until the target is met
 MAX_CHANNEL_RATIO = 0.95  # no layer loses more than this share of its channels
@@ -46,11 +49,13 @@ class Structured(Pruner):
     structured = True
 
     def __init__(self, ratio: float = 0.5, target: str = "flops", importance: str = "l1", scope: str = "uniform",
-                 keep_dense=("last",), round_to: int | None = None) -> None:
+                 keep_dense=("last",), round_to: int | None = None, normalizer: str = "mean") -> None:
         super().__init__(check_ratio(ratio, f"the fraction of the {target} removed"), keep_dense)
         check_choice("pruning.target", target, TARGETS)
         check_choice("pruning.importance", importance, sorted(IMPORTANCE))
         check_choice("pruning.scope", scope, SCOPES)
+        check_choice("pruning.normalizer", normalizer, NORMALIZERS)
+        self.normalizer = normalizer
         check(round_to is None or (isinstance(round_to, int) and round_to >= 1),
               f"pruning.round_to={round_to!r} must be null or a whole number of channels >= 1.")
         self.target, self.importance, self.scope, self.round_to = target, importance, scope, round_to
@@ -76,7 +81,7 @@ class Structured(Pruner):
         dense = dense_names(model, self.keep_dense)
         try:
             pruner = tp.pruner.MetaPruner(
-                model, example, importance=IMPORTANCE[self.importance](), global_pruning=self.scope == "global",
+                model, example, importance=IMPORTANCE[self.importance](self.normalizer), global_pruning=self.scope == "global",
                 pruning_ratio=MAX_CHANNEL_RATIO, max_pruning_ratio=MAX_CHANNEL_RATIO, iterative_steps=STEPS,
                 ignored_layers=[m for n, m in prunable(model) if n in dense], round_to=self.round_to)
         except Exception as err:  # torch-pruning cannot trace every custom forward
@@ -112,5 +117,7 @@ class Structured(Pruner):
         return f"{self.ratio:.0%} of the {self.target}, channels by {self.importance}"
 
     def settings(self) -> dict:
-        return {"pruning_ratio": self.ratio, "pruning_method": f"structured {self.importance}",
-                "pruning_scope": self.scope, "pruning_target": self.target, "pruning_keep_dense": self.keep_dense}
+        ranked = self.importance if self.scope == "uniform" or self.normalizer == "mean" else \
+            f"{self.importance} {self.normalizer}"  # the normalizer changes nothing within a layer
+        return {"pruning_ratio": self.ratio, "pruning_method": f"structured {ranked}",
+                "pruning_scope": self.scope, "pruning_normalizer": self.normalizer, "pruning_target": self.target, "pruning_keep_dense": self.keep_dense}

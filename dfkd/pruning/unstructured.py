@@ -67,7 +67,7 @@ def check_method_and_scope(method: str, scope: str) -> None:
 
 class Unstructured(Pruner):
     """Unstructured pruning of every conv and linear weight (but ``keep_dense``) to ``ratio``, by
-    |weight| (l1) or at random, globally or per layer."""
+    |weight| (l1) or at random, by LAMP score across the network (lamp, l1 only), globally or per layer."""
 
     def __init__(self, ratio: float = 0.9, method: str = "l1", scope: str = "lamp", keep_dense=()) -> None:
         super().__init__(ratio, keep_dense)
@@ -93,7 +93,7 @@ class Iterative(Unstructured):
     """The final ratio in ``rounds`` steps (Zhu & Gupta's cubic schedule, or linear), with a
     recovery after each round; the rounds share the recovery's budget of KD steps. Each round
     prunes by magnitude to its ratio of the whole network: the zeros of earlier rounds are the
-    smallest weights, so they stay pruned."""
+    smallest weights (their LAMP scores are 0 too), so they stay pruned."""
 
     def __init__(self, ratio: float = 0.9, method: str = "l1", scope: str = "lamp", keep_dense=(),
                  rounds: int = 3, schedule: str = "cubic") -> None:
