@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 2's benchmark: the embedded default (digits, 90% global L1 sparsity) with every recovery
-# method at the same budget, 3 seeds each, on this machine's CPU. Writes
+# Issue 2's benchmark: the embedded default (digits, 90% L1 sparsity; global L1 when its table was
+# measured, LAMP-ranked since: add pruning.scope=global to repeat it) with every recovery method
+# at the same budget, 3 seeds each, on this machine's CPU. Writes
 # experiments/results/digits_recovery/{results.md,accuracy-vs-sparsity.png}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
