@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 # PARTS="digits digits_l2" runs only the digits parts (the CIFAR part is the long one).
 out=outputs/bench/bn_weight_sweep
 PARTS=${PARTS:-digits digits_l2 cifar_r18w8}
-common="logger=none trainer.enable_progress_bar=false"
+# pruning.scope=global: its table was measured with global L1, the default before LAMP (d1c97f5).
+common="logger=none trainer.enable_progress_bar=false pruning.scope=global"
 for part in $PARTS; do
     rm -rf "${out:?}/$part"
     case $part in
@@ -21,7 +22,7 @@ for part in $PARTS; do
     digits_l2) .venv/bin/python -m dfkd.run -m synthesis.synthesizer.bn_distance=l2 \
         synthesis.synthesizer.bn_weight=30 seed=0,1,2 $common hydra.sweep.dir="$out/digits_l2" ;;
     cifar_r18w8) .venv/bin/python -m dfkd.run -m +experiment=synthesis_health model=resnet18 model.width=8 \
-        recovery=real_kd,dream_kd synthesis.synthesizer.bn_weight=1,10,30 recovery.val_every_n_steps=100 \
+        recovery=real_kd,dream_kd synthesis.synthesizer.bn_weight=1,10,30 recovery.val_every_n_steps=100 pruning.scope=global \
         hydra.sweep.dir="$out/cifar_r18w8" ;;
     esac
 done

@@ -61,12 +61,18 @@ def test_lamp_reaches_the_ratio_ranks_like_l1_within_a_layer_and_keeps_every_lay
     reference = [m.weight.detach().clone() for _, m in pruning.prunable(model)]
     report = pruning.sparsity(pruning.prune(model, 0.9, scope="lamp"))
     assert report["overall"] == pytest.approx(0.9, abs=1.0 / report["weights"])
+    kept_scores, pruned_scores = [], []
     for (name, m), original in zip(pruning.prunable(model), reference):
         kept = m.weight != 0
         assert kept.any(), name  # the largest weight of each layer scores 1: never emptied
         # within a layer LAMP ranks as |w| does: every kept weight is larger than every pruned one
         assert original[kept].abs().min() >= original[~kept].abs().max(), name
-    assert report["layers"]["features.3"] < 1.0
+        scores = pruning.lamp_scores(original)
+        kept_scores.append(scores[kept])
+        pruned_scores.append(scores[~kept])
+    # one threshold on the scores across the network, not a ratio per layer
+    assert torch.cat(kept_scores).min() >= torch.cat(pruned_scores).max()
+    assert max(report["layers"].values()) - min(report["layers"].values()) > 0.1
 
 
 def test_tables_tell_the_scopes_apart():
@@ -256,9 +262,12 @@ def test_global_structured_pruning_with_lamp_normalizer_reaches_the_flops_and_ra
 
     (mean, mean_name), (lamp, lamp_name) = pruned("mean"), pruned("lamp")
     assert mean != lamp  # the normalizer decides which layers give up channels
-    assert (mean_name, lamp_name) == ("structured l1", "structured l1 lamp")
+    assert (mean_name, lamp_name) == ("structured l1 global", "structured l1 global lamp")
+    assert pruning.Structured(0.5).settings()["pruning_method"] == "structured l1"
     with pytest.raises(DfkdError, match=r"pruning\.normalizer"):
         pruning.Structured(0.5, scope="global", normalizer="median")
+    with pytest.raises(DfkdError, match=r"pruning\.normalizer=lamp.*pruning\.scope=global"):
+        pruning.Structured(0.5, normalizer="lamp")  # uniform pruning would ignore it silently
 
 
 def test_structured_pruning_leaves_batchnorm_statistics_alone():

@@ -55,6 +55,9 @@ class Structured(Pruner):
         check_choice("pruning.importance", importance, sorted(IMPORTANCE))
         check_choice("pruning.scope", scope, SCOPES)
         check_choice("pruning.normalizer", normalizer, NORMALIZERS)
+        check(normalizer == "mean" or scope == "global",
+              f"pruning.normalizer={normalizer} puts the layers' channel scores on one scale, which only "
+              f"pruning.scope=global uses: set pruning.scope=global, or leave pruning.normalizer=mean.")
         self.normalizer = normalizer
         check(round_to is None or (isinstance(round_to, int) and round_to >= 1),
               f"pruning.round_to={round_to!r} must be null or a whole number of channels >= 1.")
@@ -81,7 +84,8 @@ class Structured(Pruner):
         dense = dense_names(model, self.keep_dense)
         try:
             pruner = tp.pruner.MetaPruner(
-                model, example, importance=IMPORTANCE[self.importance](self.normalizer), global_pruning=self.scope == "global",
+                model, example, importance=IMPORTANCE[self.importance](self.normalizer),
+                global_pruning=self.scope == "global",
                 pruning_ratio=MAX_CHANNEL_RATIO, max_pruning_ratio=MAX_CHANNEL_RATIO, iterative_steps=STEPS,
                 ignored_layers=[m for n, m in prunable(model) if n in dense], round_to=self.round_to)
         except Exception as err:  # torch-pruning cannot trace every custom forward
@@ -117,7 +121,9 @@ class Structured(Pruner):
         return f"{self.ratio:.0%} of the {self.target}, channels by {self.importance}"
 
     def settings(self) -> dict:
-        ranked = self.importance if self.scope == "uniform" or self.normalizer == "mean" else \
-            f"{self.importance} {self.normalizer}"  # the normalizer changes nothing within a layer
+        ranked = self.importance if self.scope == "uniform" else f"{self.importance} global"
+        if self.normalizer != "mean":
+            ranked += f" {self.normalizer}"
         return {"pruning_ratio": self.ratio, "pruning_method": f"structured {ranked}",
-                "pruning_scope": self.scope, "pruning_normalizer": self.normalizer, "pruning_target": self.target, "pruning_keep_dense": self.keep_dense}
+                "pruning_scope": self.scope, "pruning_normalizer": self.normalizer, "pruning_target": self.target,
+                "pruning_keep_dense": self.keep_dense}

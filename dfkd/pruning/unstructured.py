@@ -38,9 +38,10 @@ def prune(model: nn.Module, ratio: float, method: str = "l1", scope: str = "lamp
     else:
         for _, m in layers:
             CRITERIA[method].apply(m, "weight", amount=ratio)
-    check_no_layer_removed(model, ratio, "lower pruning.ratio, prune per layer (pruning.scope=layer) or by "
-                           "LAMP scores (pruning.scope=lamp, which never empties a layer), or leave that layer "
-                           "dense (pruning.keep_dense=[...]).")
+    other = "pruning.scope=layer" if scope == "lamp" else \
+        "pruning.scope=layer, or pruning.scope=lamp, which keeps each layer's largest weight"
+    check_no_layer_removed(model, ratio, f"lower pruning.ratio, set {other}, or leave that layer dense "
+                           f"(pruning.keep_dense=[...]).")
     return model
 
 
@@ -50,8 +51,7 @@ def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
     of w^2 of itself and every larger weight. Within a layer they rank as |w| does; across layers
     they are comparable, and the layer's largest weight scores 1, so no layer is emptied."""
     squares = weight.detach().flatten().float().pow(2)
-    order = torch.argsort(squares)
-    ranked = squares[order]
+    ranked, order = torch.sort(squares, stable=True)  # stable: ties break the same on every device
     tails = ranked.flip(0).cumsum(0).flip(0)  # sum of the squares from each weight up to the largest
     scores = torch.empty_like(squares)
     scores[order] = ranked / tails.clamp_min(torch.finfo(torch.float32).tiny)
