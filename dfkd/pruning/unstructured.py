@@ -49,7 +49,8 @@ def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
     """LAMP scores of one layer's weights (Lee et al., "Layer-adaptive sparsity for the
     magnitude-based pruning", ICLR 2021): with the weights sorted by |w|, each one's w^2 over the sum
     of w^2 of itself and every larger weight. Within a layer they rank as |w| does; across layers
-    they are comparable, and the layer's largest weight scores 1, so no layer is emptied."""
+    they are comparable, and the layer's largest weight scores 1, so a layer with any non-zero weight
+    keeps at least one (unless fewer weights are kept than there are layers)."""
     squares = weight.detach().flatten().float().pow(2)
     ranked, order = torch.sort(squares, stable=True)  # stable: ties break the same on every device
     tails = ranked.flip(0).cumsum(0).flip(0)  # sum of the squares from each weight up to the largest
