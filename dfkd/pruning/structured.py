@@ -58,10 +58,10 @@ class Structured(Pruner):
         check(normalizer == "mean" or scope == "global",
               f"pruning.normalizer={normalizer} puts the layers' channel scores on one scale, which only "
               f"pruning.scope=global uses: set pruning.scope=global, or leave pruning.normalizer=mean.")
-        self.normalizer = normalizer
         check(round_to is None or (isinstance(round_to, int) and round_to >= 1),
               f"pruning.round_to={round_to!r} must be null or a whole number of channels >= 1.")
         self.target, self.importance, self.scope, self.round_to = target, importance, scope, round_to
+        self.normalizer = normalizer
         self.found: dict = {}
 
     def validate(self, model, example):
