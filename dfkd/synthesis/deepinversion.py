@@ -1,7 +1,7 @@
 """DeepInversion (Yin et al., CVPR 2020): optimize pixels until the teacher's BatchNorm layers
 see the statistics they were trained on, and the teacher sees the sampled target classes.
 
-    loss = ce_weight * CE(teacher(x'), y)
+    loss = ce_weight * CE(teacher(x'), y)     (y: one class, or two with target_mix > 0)
          + bn_weight * mean_l w_l d_l(x')     (d_l: bn_stats.py, per channel and unitless by default)
          + tv_l1 * TV_1(x') + tv_l2 * TV_2(x') + l2 * mean_i ||x'_i||_2
          - competition_weight * JS(teacher(x') || student(x'))        (ADI, Yin et al. 2020)
@@ -61,7 +61,8 @@ class DeepInversion(Synthesizer):
                  tv_l2: float = 1e-4, l2: float = 0.0, competition_weight: float = 0.0,
                  competition_temperature: float = 3.0, jitter: int = 1, flip: bool = True,
                  multires_iterations: int = 0, mixed_precision: bool | str = "auto",
-                 bn_distance: str = "normalized", bn_momentum: float = 0.0) -> None:
+                 bn_distance: str = "normalized", bn_momentum: float = 0.0,
+                 target_mix: float = 0.0) -> None:
         super().__init__(teacher, image_shape, num_classes, pixel_bounds, seed)
         check(int(iterations) >= 1, f"synthesis.synthesizer.iterations={iterations} must be at least 1 "
               f"(0 would distil on noise; recovery=noise_kd does that on purpose).")
@@ -81,6 +82,9 @@ class DeepInversion(Synthesizer):
               f"[0, 1): the weight of the earlier batches' BatchNorm statistics (0: each batch alone).")
         self.bn_distance, self.mixed_precision = bn_distance, mixed_precision
         self.bn_momentum = float(bn_momentum)
+        check(0 <= float(target_mix) <= 1, f"synthesis.synthesizer.target_mix={target_mix} must be in "
+              f"[0, 1]: the share of each batch dreamed towards two classes (0: one class each).")
+        self.target_mix = float(target_mix)
         self.bn_history: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def state_dict(self) -> dict:
@@ -99,6 +103,22 @@ class DeepInversion(Synthesizer):
         """Fold the batch just dreamed into the moving average of the BatchNorm statistics."""
         if self.bn_momentum > 0:
             self.bn_history = updated_history(hooks, self.bn_history, self.bn_momentum)
+
+    def mixed_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """What each image is dreamed towards: its class (``targets``, returned unchanged when
+        target_mix is 0), or, for a share target_mix of the batch, class probabilities: its class
+        with weight lambda ~ U(0.5, 1) and another class, drawn uniformly, with 1 - lambda. Images
+        between two classes carry the teacher's decision boundary (Nayak et al. 2019 dream towards
+        soft targets too); the class a batch is judged and balanced by stays ``targets``."""
+        if self.target_mix == 0:
+            return targets
+        n, k = len(targets), self.num_classes
+        mixed = torch.rand(n, generator=self.generator) < self.target_mix
+        other = (targets.cpu() + torch.randint(1, k, (n,), generator=self.generator)) % k
+        share = torch.where(mixed, 0.5 + 0.5 * torch.rand(n, generator=self.generator), torch.ones(n))
+        probs = F.one_hot(targets.cpu(), k).float() * share[:, None]
+        probs[torch.arange(n), other] += 1 - share
+        return probs.to(targets.device)
 
     @property
     def competes(self) -> bool:
@@ -155,13 +175,14 @@ class DeepInversion(Synthesizer):
         targets = self.balanced_targets(n).to(self.device)
         c, h, w = self.image_shape
         warmup = min(self.multires_iterations, self.iterations - 1)
+        aims = self.mixed_targets(targets)
         with torch.enable_grad(), temporarily_frozen(self.student), self.bn_hooks() as hooks:
             if warmup > 0:  # a coarse first phase at half resolution, then upsampled
-                coarse, _ = self._optimize(self.noise(n, (c, h // 2, w // 2)), targets, warmup, hooks)
+                coarse, _ = self._optimize(self.noise(n, (c, h // 2, w // 2)), aims, warmup, hooks)
                 x = F.interpolate(coarse, size=(h, w), mode="nearest")
             else:
                 x = self.noise(n)
-            best, best_loss = self._optimize(x, targets, self.iterations - warmup, hooks)
+            best, best_loss = self._optimize(x, aims, self.iterations - warmup, hooks)
             self.remember_bn(hooks)
         self.stats = {"synthesis/seconds": time.perf_counter() - start,
                       "synthesis/loss": best_loss, **self.quality(best, targets)}

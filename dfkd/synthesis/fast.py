@@ -60,7 +60,9 @@ class Generator(nn.Module):
         )
 
     def forward(self, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        h = self.project(z * self.embed(targets))
+        """``targets``: class indices, or class probabilities (their mix of class embeddings)."""
+        embedding = self.embed(targets) if not targets.is_floating_point() else targets @ self.embed.weight
+        h = self.project(z * embedding)
         return self.body(h.view(len(z), -1, *self.start))
 
 
@@ -129,6 +131,7 @@ class FastSynthesizer(DeepInversion):
         device = self.device
         self.meta.to(device)
         targets = self.balanced_targets(n).to(device)
+        aims = self.mixed_targets(targets)
         z = self.latents(n).requires_grad_(True)
         if self.reset_input_layer and self.batches > 0:
             self.reset_project()
@@ -142,7 +145,7 @@ class FastSynthesizer(DeepInversion):
                     with torch.no_grad():
                         z.copy_(self.latents(n))
                     optimizer.state.pop(z, None)  # Adam's moments start afresh, as for a new batch
-                terms = self.losses(self._augment(self.render(adapted, z, targets)), targets, hooks)
+                terms = self.losses(self._augment(self.render(adapted, z, aims)), aims, hooks)
                 optimizer.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 optimizer.step()
@@ -151,7 +154,7 @@ class FastSynthesizer(DeepInversion):
                              terms["total"].item(), time.perf_counter() - start)
             self.remember_bn(hooks)
         with torch.no_grad():
-            images = self.render(adapted.eval(), z, targets)
+            images = self.render(adapted.eval(), z, aims)
             rate = 1.0 if self.batches == 0 else self.meta_lr
             for meta, new in zip(self.meta.parameters(), adapted.parameters()):
                 meta.add_(rate * (new - meta))
