@@ -60,8 +60,11 @@ def warnings(results: dict, num_classes: int) -> list[str]:
 
 def _dream_warning(syn: dict) -> list[str]:
     if syn.get("synthesizer") not in (None, "Noise") and syn.get("target_acc", 1.0) < 0.5:
+        mix = (f"Set synthesis.synthesizer.target_mix=0 first: dreams aimed at two classes (now "
+               f"{syn['target_mix']}) are recognized less, and cost weak teachers accuracy. "
+               if syn.get("target_mix") else "")
         return [f"The teacher recognizes only {100 * syn['target_acc']:.0f}% of the dreams as their target "
-                f"class: the synthesis is not working. Lower synthesis.synthesizer.bn_weight, raise its "
+                f"class: the synthesis is not working. {mix}Lower synthesis.synthesizer.bn_weight, raise its "
                 f"warmup_steps or g_steps, or lower its learning rates."]
     return []
 

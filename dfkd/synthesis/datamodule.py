@@ -154,8 +154,9 @@ class SyntheticDataModule(L.LightningDataModule):
         """What the dreams cost, and how the teacher judged them on average over every batch
         (``target_acc``, ``class_balance``, the BN gap, ...), for results.json."""
         judged = {key.split("/", 1)[1]: total / max(self.refreshes, 1) for key, total in self.quality.items()}
+        mix = getattr(self.synthesizer, "target_mix", 0.0)
         return {"synthesizer": type(self.synthesizer).__name__, "synthesis_seconds": self.seconds,
-                "synthesized_images": self.images_made,
+                **({"target_mix": mix} if mix else {}), "synthesized_images": self.images_made,
                 "pool_images": 0 if self.images is None else len(self.images), **judged}
 
 

@@ -84,6 +84,8 @@ class DeepInversion(Synthesizer):
         self.bn_momentum = float(bn_momentum)
         check(0 <= float(target_mix) <= 1, f"synthesis.synthesizer.target_mix={target_mix} must be in "
               f"[0, 1]: the share of each batch dreamed towards two classes (0: one class each).")
+        check(float(target_mix) == 0 or num_classes > 1, f"synthesis.synthesizer.target_mix={target_mix} "
+              f"needs at least two classes (data.num_classes={num_classes}); set it to 0.")
         self.target_mix = float(target_mix)
         self.bn_history: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -109,7 +111,8 @@ class DeepInversion(Synthesizer):
         target_mix is 0), or, for a share target_mix of the batch, class probabilities: its class
         with weight lambda ~ U(0.5, 1) and another class, drawn uniformly, with 1 - lambda. Images
         between two classes carry the teacher's decision boundary (Nayak et al. 2019 dream towards
-        soft targets too); the class a batch is judged and balanced by stays ``targets``."""
+        soft targets too); the class a batch is judged and balanced by stays ``targets``. The loss
+        logged then includes the targets' own entropy, so it does not compare across settings."""
         if self.target_mix == 0:
             return targets
         n, k = len(targets), self.num_classes

@@ -13,7 +13,9 @@ the generator learns to dream from any codes. Fresh codes make dreams the teache
 often (a CIFAR ResNet-50 of the health check: 0.54 -> 0.80 of the target classes), but KD on them
 recovered less (CPU-reduced CIFAR ResNet-18 at 90%: 1.3 points lower on validation over three
 seeds; experiments/README.md, synthesis_health). With ``reset_input_layer`` the generator's input
-layer starts afresh for every batch (so it is not meta-learned; the rest is).
+layer starts afresh for every batch (so it is not meta-learned; the rest is). With ``target_mix``
+(DeepInversion's) the generator is conditioned on the same two-class mix as the class term: the
+mix of the two class embeddings.
 
 The generator is as wide as the teacher's first BatchNorm layer unless ``generator_width`` says
 otherwise (Fang et al.'s 64 for a standard-width CIFAR ResNet). Measured on the CPU-reduced CIFAR-10
