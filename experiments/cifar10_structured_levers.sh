@@ -15,6 +15,7 @@
 #   keep_first        the first conv kept whole: pruning.keep_dense=[first,last]
 #   global_lamp       channels ranked network-wide on LAMP-normalized L1 scores:
 #                     pruning.scope=global pruning.normalizer=lamp
+#   target_mix        dreams aimed at two classes: synthesis.synthesizer.target_mix=1
 #   real_kd_steps1000, cutmix_steps1000, real_kd_cutmix_steps1000, cutmix_steps3000,
 #   real_kd_cutmix_steps3000: real_kd or dream_kd for 1,000 or 3,000 steps, with CutMix where named
 #                     (30 minutes or more each at 3,000).
@@ -31,6 +32,7 @@ declare -A extra=(
     [l2_global]="pruning.importance=l2 pruning.scope=global" [bn_scale]="pruning.importance=bn_scale"
     [keep_first]="pruning.keep_dense=[first,last]"
     [global_lamp]="pruning.scope=global pruning.normalizer=lamp"
+    [target_mix]="synthesis.synthesizer.target_mix=1"
     [steps1000]="recovery.steps=1000" [real_kd_steps1000]="recovery=real_kd recovery.steps=1000"
     [cutmix_steps1000]="recovery.steps=1000 recovery.mix=cutmix"
     [real_kd_cutmix_steps1000]="recovery=real_kd recovery.steps=1000 recovery.mix=cutmix"

@@ -25,7 +25,7 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # conf/data/cifa
 
 def heldout_indices(size: int, subset: int, n: int) -> list[int]:
     """``n`` indices spread over the train split, none of them in dfkd's train subset (the image
-    at int(i * size / subset) for each i < subset)."""
+    at int(i * (size / subset)) for each i < subset)."""
     step = size / subset  # as dfkd.data.vision._VisionDataModule._subset computes it
     taken = {int(i * step) for i in range(subset)}
     free = [i for i in range(size) if i not in taken]
@@ -41,10 +41,11 @@ def main() -> None:
     args = parser.parse_args()
     folder = datasets.ImageFolder(args.root, loader=str)
     keep = heldout_indices(len(folder.samples), args.subset, args.n)
-    images = torch.stack([decode_image(read_file(folder.samples[i][0]), mode=ImageReadMode.RGB) for i in keep]).float() / 255
+    images = torch.stack([decode_image(read_file(folder.samples[i][0]), mode=ImageReadMode.RGB)
+                          for i in keep]).float() / 255
     labels = torch.tensor([folder.samples[i][1] for i in keep])
     x = (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    print(f"| run | held-out train images (validation) % | test % | dreams' target agreement |")
+    print("| run | held-out train images (validation) % | test % | dreams' target agreement |")
     print("|---|---|---|---|")
     for run in args.runs:
         model = torch.export.load(str(run / "student.pt2")).module()
