@@ -16,6 +16,7 @@
 #   global_lamp       channels ranked network-wide on LAMP-normalized L1 scores:
 #                     pruning.scope=global pruning.normalizer=lamp
 #   target_mix        dreams aimed at two classes: synthesis.synthesizer.target_mix=1
+#   cutmix_steps3000_target_mix: cutmix_steps3000 (below) with target_mix=1 (26 minutes)
 #   real_kd_steps1000, cutmix_steps1000, real_kd_cutmix_steps1000, cutmix_steps3000,
 #   real_kd_cutmix_steps3000: real_kd or dream_kd for 1,000 or 3,000 steps, with CutMix where named
 #                     (30 minutes or more each at 3,000).
@@ -33,6 +34,7 @@ declare -A extra=(
     [keep_first]="pruning.keep_dense=[first,last]"
     [global_lamp]="pruning.scope=global pruning.normalizer=lamp"
     [target_mix]="synthesis.synthesizer.target_mix=1"
+    [cutmix_steps3000_target_mix]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.target_mix=1"
     [steps1000]="recovery.steps=1000" [real_kd_steps1000]="recovery=real_kd recovery.steps=1000"
     [cutmix_steps1000]="recovery.steps=1000 recovery.mix=cutmix"
     [real_kd_cutmix_steps1000]="recovery=real_kd recovery.steps=1000 recovery.mix=cutmix"
