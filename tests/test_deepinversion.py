@@ -217,6 +217,23 @@ def test_fast_warmup_latents_schedule_and_refusal(digits_teacher):
         _synth(teacher, data, cls=FastSynthesizer, warmup_latents="random")
 
 
+def _second_class_probability(teacher, data, mix: float, **kwargs) -> float:
+    """The teacher's mean probability, on 100 dreams at ``target_mix=mix``, of each dream's second
+    class: the one it aimed at besides its own (for one-class dreams, another class drawn the same
+    way). The synthesizer's draws are replayed to recover what each image aimed at; the dreams'
+    own classes stay balanced."""
+    synth = _synth(teacher, data, target_mix=mix, **kwargs)
+    state = synth.generator.get_state()
+    images, targets = synth.synthesize(100)
+    synth.generator.set_state(state)  # the same draws again: the classes each image aimed at
+    again = synth.balanced_targets(100)
+    aims = (synth if mix else _synth(teacher, data, seed=0, target_mix=1.0)).mixed_targets(again)
+    assert torch.bincount(targets, minlength=10).tolist() == [10] * 10
+    second = aims.scatter(1, targets[:, None], 0.0).argmax(1)
+    with torch.no_grad():
+        return teacher(images).softmax(1)[torch.arange(100), second].mean().item()
+
+
 def test_target_mix_dreams_between_two_classes(digits_teacher):
     """``target_mix``: that share of each batch is dreamed towards two classes, its own (the label
     the pool keeps, still balanced) with weight lambda ~ U(0.5, 1) and another with 1 - lambda. The
@@ -232,20 +249,8 @@ def test_target_mix_dreams_between_two_classes(digits_teacher):
     mixed = half.max(1).values < 1
     assert 150 <= mixed.sum() <= 250 and half.max(1).values.min() >= 0.5
     assert ((half > 0).sum(1) == 1 + mixed.long()).all()  # the second class is another one
-    second_class_prob = {}
-    for mix in (0.0, 1.0):
-        di = _synth(teacher, data, iterations=60, seed=4, target_mix=mix)
-        state = di.generator.get_state()
-        images, targets = di.synthesize(100)
-        di.generator.set_state(state)  # the same draws again: the classes each image aimed at
-        again = di.balanced_targets(100)
-        # one-class dreams: the probability the teacher gives another class drawn the same way
-        aims = (di if mix else _synth(teacher, data, seed=0, target_mix=1.0)).mixed_targets(again)
-        assert torch.bincount(targets, minlength=10).tolist() == [10] * 10
-        second = aims.scatter(1, targets[:, None], 0.0).argmax(1)
-        with torch.no_grad():
-            probs = teacher(images).softmax(1)
-        second_class_prob[mix] = probs[torch.arange(100), second].mean().item()
+    second_class_prob = {mix: _second_class_probability(teacher, data, mix, iterations=60, seed=4)
+                         for mix in (0.0, 1.0)}
     # measured: 0.13 against 0.06
     assert second_class_prob[1.0] >= 1.5 * second_class_prob[0.0], second_class_prob
     with pytest.raises(DfkdError, match=r"synthesis\.synthesizer\.target_mix=1\.5"):
@@ -256,17 +261,9 @@ def test_fast_synthesizer_dreams_between_two_classes(digits_teacher):
     """The fast synthesizer aims its generator and its class term at the same two-class mix: the
     teacher gives the second class more probability than on one-class dreams of the same codes."""
     teacher, data = digits_teacher
-    second_class_prob = {}
-    for mix in (0.0, 1.0):
-        fast = _synth(teacher, data, cls=FastSynthesizer, warmup_steps=60, seed=5, target_mix=mix)
-        state = fast.generator.get_state()
-        images, targets = fast.synthesize(100)
-        fast.generator.set_state(state)
-        again = fast.balanced_targets(100)
-        aims = (fast if mix else _synth(teacher, data, seed=0, target_mix=1.0)).mixed_targets(again)
-        second = aims.scatter(1, targets[:, None], 0.0).argmax(1)
-        with torch.no_grad():
-            second_class_prob[mix] = teacher(images).softmax(1)[torch.arange(100), second].mean().item()
+    second_class_prob = {mix: _second_class_probability(teacher, data, mix, cls=FastSynthesizer,
+                                                         warmup_steps=60, seed=5)
+                         for mix in (0.0, 1.0)}
     # measured: 0.11 against 0.07 (60 warm-up steps)
     assert second_class_prob[1.0] >= 1.3 * second_class_prob[0.0], second_class_prob
 
