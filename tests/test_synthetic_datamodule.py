@@ -70,11 +70,11 @@ def test_ranks_dream_different_images(digits_teacher):
     assert not torch.equal(pools[0], pools[1])
 
 
-@pytest.mark.parametrize("shift, reset", [("roll", False), ("crop", True)])
-def test_a_resumed_stream_goes_on_exactly_where_the_checkpoint_left_it(digits_teacher, shift, reset):
+@pytest.mark.parametrize("shift, reset, augment", [("roll", False, "none"), ("crop", True, "trivial")])
+def test_a_resumed_stream_goes_on_exactly_where_the_checkpoint_left_it(digits_teacher, shift, reset, augment):
     """After a checkpoint round trip the next KD batches and the next dreams, including the fast
     synthesizer's meta-learned generator, are the ones the uninterrupted run gets (also with
-    per-dream crops and a generator whose input layer restarts every batch)."""
+    per-dream crops, TrivialAugment and a generator whose input layer restarts every batch)."""
     from dfkd.synthesis import FastSynthesizer
 
     teacher, data = digits_teacher
@@ -84,7 +84,7 @@ def test_a_resumed_stream_goes_on_exactly_where_the_checkpoint_left_it(digits_te
                                 pixel_bounds=data.pixel_bounds(), g_steps=1, warmup_steps=2,
                                 reset_input_layer=reset)
         return SyntheticDataModule(synth, kd_batch_size=16, batch_size=32, size=96, initial_batches=1,
-                                   refresh_every=2, steps_per_epoch=4, shift=shift, jitter=1)
+                                   refresh_every=2, steps_per_epoch=4, shift=shift, jitter=1, augment=augment)
 
     run = fast_module()
     run.setup("fit")
@@ -99,6 +99,10 @@ def test_a_resumed_stream_goes_on_exactly_where_the_checkpoint_left_it(digits_te
     again = list(iter(resumed.train_dataloader()))[:4]
     for (x, y), (x2, y2) in zip(later, again):
         assert torch.equal(y, y2) and torch.allclose(x, x2, atol=1e-6)
+    torch.manual_seed(123)
+    x = run.sample()[0]
+    torch.manual_seed(7)  # another global stream: the augmentation follows the pool's own
+    assert torch.allclose(x, resumed.sample()[0], atol=1e-6)
     assert resumed.refreshes == run.refreshes and resumed.synthesizer.batches == run.synthesizer.batches
 
 
@@ -120,6 +124,26 @@ def test_crop_shifts_each_dream_on_its_own_and_roll_the_whole_batch(digits_teach
     assert len({tuple(m.tolist()) for m in masks}) > 5, "the offsets differ from image to image"
 
 
+def test_trivial_augment_changes_each_dream_on_its_own_within_the_valid_pixels(digits_teacher):
+    """``pool.augment=trivial``: one TrivialAugment operation per dream, so the KD batch differs
+    from the plain one image by image (not one operation for the whole batch), every pixel stays
+    in the data's valid range, and the global random stream is left as it was."""
+    teacher, data = digits_teacher
+    batches = {}
+    for augment in ("none", "trivial"):
+        dm = _module(teacher, data, augment=augment, jitter=0, flip=False, kd_batch_size=64)
+        dm.setup("fit")
+        next(iter(dm.train_dataloader()))
+        state = torch.random.get_rng_state()
+        batches[augment] = dm.sample()[0]
+        assert torch.equal(torch.random.get_rng_state(), state)
+    low, high = (b.view(1, -1, 1, 1) for b in data.pixel_bounds())
+    plain, augmented = batches["none"], batches["trivial"]
+    assert (augmented >= low - 1e-5).all() and (augmented <= high + 1e-5).all()
+    changed = (augmented - plain).abs().flatten(1).amax(1) > 0.1 * (high - low).max()
+    assert 0.3 < changed.float().mean() < 1.0, "most dreams are changed, and some ops (identity) leave one as it was"
+
+
 def test_an_unknown_shift_or_a_negative_jitter_is_refused_naming_the_setting(digits_teacher):
     from dfkd.errors import DfkdError
 
@@ -128,3 +152,5 @@ def test_an_unknown_shift_or_a_negative_jitter_is_refused_naming_the_setting(dig
         _module(teacher, data, shift="translate")
     with pytest.raises(DfkdError, match=r"recovery\.pool\.jitter=-1 must be >= 0"):
         _module(teacher, data, jitter=-1)
+    with pytest.raises(DfkdError, match=r"recovery\.pool\.augment='autoaugment' is unknown"):
+        _module(teacher, data, augment="autoaugment")

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, IterableDataset
+from torchvision.transforms import v2
 
 from dfkd.data.base import random_crop_flip
 from dfkd.errors import check, check_choice
@@ -26,6 +27,18 @@ log = logging.getLogger(__name__)
 # how a KD batch's dreams are shifted: one random roll for the whole batch, or a random crop of
 # each image padded with zeros (the data's mean colour: dreams are normalized model input)
 SHIFTS = ("roll", "crop")
+# what else a KD batch's dreams go through: nothing, or one TrivialAugment operation per image
+AUGMENTS = ("none", "trivial")
+
+
+def trivial_augment(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """TrivialAugmentWide (Muller & Hutter, ICCV 2021: one random operation of random strength per
+    image) on normalized images whose valid range is [low, high] per channel, applied to them as
+    8-bit pixels, as torchvision applies it to photos; random draws from torch's global stream."""
+    pixels = ((x - low) / (high - low) * 255).round().clamp(0, 255).to(torch.uint8)
+    augment = v2.TrivialAugmentWide()
+    out = torch.stack([augment(image) for image in pixels])
+    return low + (high - low) * out.to(x.dtype) / 255
 
 # the quality figures averaged over every batch into the run's summary
 QUALITY = ("synthesis/target_acc", "synthesis/class_balance", "synthesis/confidence",
@@ -36,14 +49,14 @@ class SyntheticDataModule(L.LightningDataModule):
     def __init__(self, synthesizer: Synthesizer, kd_batch_size: int = 128, batch_size: int = 256,
                  size: int = 2048, initial_batches: int = 4, refresh_every: int = 10,
                  steps_per_epoch: int = 50, flip: bool = True, jitter: int = 1, shift: str = "roll",
-                 seed: int = 0, real: L.LightningDataModule | None = None) -> None:
+                 augment: str = "none", seed: int = 0, real: L.LightningDataModule | None = None) -> None:
         super().__init__()
-        self.check_pool(batch_size, size, initial_batches, refresh_every, shift=shift, jitter=jitter)
+        self.check_pool(batch_size, size, initial_batches, refresh_every, shift=shift, jitter=jitter, augment=augment)
         self.synthesizer = synthesizer
         self.kd_batch_size, self.batch_size, self.size = kd_batch_size, batch_size, size
         self.initial_batches, self.refresh_every = initial_batches, refresh_every
         self.steps_per_epoch, self.flip, self.jitter, self.seed = steps_per_epoch, flip, jitter, seed
-        self.shift = shift
+        self.shift, self.augment = shift, augment
         self.real = real  # the real data set, only for the accuracy curve (its validation split when it has one)
         self.images: torch.Tensor | None = None
         self.targets: torch.Tensor | None = None
@@ -54,8 +67,9 @@ class SyntheticDataModule(L.LightningDataModule):
 
     @staticmethod
     def check_pool(batch_size: int = 256, size: int = 2048, initial_batches: int = 4, refresh_every: int = 10,
-                   shift: str = "roll", jitter: int = 1, **augmentation) -> None:
+                   shift: str = "roll", jitter: int = 1, augment: str = "none", **augmentation) -> None:
         check_choice("recovery.pool.shift", shift, SHIFTS)
+        check_choice("recovery.pool.augment", augment, AUGMENTS)
         check(int(jitter) >= 0, f"recovery.pool.jitter={jitter} must be >= 0 (pixels of random shift; 0: none).")
         check(batch_size >= 1 and size >= batch_size and initial_batches >= 1 and refresh_every >= 1,
               f"recovery.pool needs batch_size >= 1, size >= batch_size, initial_batches >= 1 and "
@@ -91,11 +105,18 @@ class SyntheticDataModule(L.LightningDataModule):
         idx = idx.to(self.images.device)
         x, y = self.images[idx], self.targets[idx]
         if self.shift == "crop":
-            return random_crop_flip(x, self.jitter, self.flip, generator=self.sampler), y
-        if self.jitter > 0:
-            dx, dy = torch.randint(-self.jitter, self.jitter + 1, (2,), generator=self.sampler)
-            x = torch.roll(x, shifts=(int(dx), int(dy)), dims=(2, 3))
-        return random_crop_flip(x, 0, self.flip, generator=self.sampler), y
+            x = random_crop_flip(x, self.jitter, self.flip, generator=self.sampler)
+        else:
+            if self.jitter > 0:
+                dx, dy = torch.randint(-self.jitter, self.jitter + 1, (2,), generator=self.sampler)
+                x = torch.roll(x, shifts=(int(dx), int(dy)), dims=(2, 3))
+            x = random_crop_flip(x, 0, self.flip, generator=self.sampler)
+        if self.augment == "trivial":  # seeded from the pool's own stream: a resumed run augments alike
+            seed = int(torch.randint(2 ** 62, (), generator=self.sampler))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                x = trivial_augment(x, *self.synthesizer.bounds(x.device))
+        return x, y
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         while self.images is None or len(self.images) < self.initial_batches * self.batch_size:
