@@ -12,6 +12,9 @@
 #   bnm09       synthesis.synthesizer.bn_momentum=0.9
 #   bnw3        synthesis.synthesizer.bn_weight=3
 #   tmix1       synthesis.synthesizer.target_mix=1 (every dream aimed at two classes)
+#   dream_kd_f3daf35  the defaults again, with the BN hooks of commit f3daf35 (the same loss,
+#               float rounding apart), the baseline of the runs below
+#   trivial     recovery.pool.augment=trivial (one TrivialAugment operation per dream)
 # RUNS="..." picks some. About 5 minutes a run on 2 cores. Table:
 # experiments/results/weak_teacher_levers/results.md.
 set -euo pipefail
@@ -21,7 +24,7 @@ out=outputs/bench/weak_teacher_levers
 declare -A extra=(
     [dream_kd]="" [real_kd]="recovery=real_kd" [fresh]="synthesis.synthesizer.warmup_latents=fresh"
     [bnm09]="synthesis.synthesizer.bn_momentum=0.9" [bnw3]="synthesis.synthesizer.bn_weight=3"
-    [tmix1]="synthesis.synthesizer.target_mix=1")
+    [tmix1]="synthesis.synthesizer.target_mix=1" [dream_kd_f3daf35]="" [trivial]="recovery.pool.augment=trivial")
 runs=${RUNS:-dream_kd real_kd fresh bnm09 bnw3 tmix1}
 for name in $runs; do
     [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run +experiment=synthesis_health \
