@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 out=outputs/bench/cifar10_deploy
 for method in ${METHODS:-structured nm magnitude iterative}; do
     [ -f "$out/$method/results.json" ] || .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
-        teacher.seed=0 seed=0 recovery.mix=none synthesis.synthesizer.warmup_steps=200 pruning=$method deploy.threads=1 hydra.run.dir="$out/$method" \
+        teacher.seed=0 seed=0 recovery.mix=none recovery.pool.augment=none synthesis.synthesizer.warmup_steps=200 pruning=$method deploy.threads=1 hydra.run.dir="$out/$method" \
         $([ "$method" = structured ] && echo pruning.ratio=0.5) \
         $([ "$method" = magnitude ] || [ "$method" = iterative ] && echo pruning.scope=global)
 done

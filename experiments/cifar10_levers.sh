@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 out=outputs/bench/cifar10_levers
 # recovery.mix=none and 200 warm-up steps: these runs predate the experiment's CutMix and shorter
 # warm-up (cifar10_features.sh chose both after them)
-base="+experiment=cifar10_cpu_reduced teacher.seed=0 seed=0 recovery.optimizer.lr=0.01 recovery.mix=none synthesis.synthesizer.warmup_steps=200"
+base="+experiment=cifar10_cpu_reduced teacher.seed=0 seed=0 recovery.optimizer.lr=0.01 recovery.mix=none recovery.pool.augment=none synthesis.synthesizer.warmup_steps=200"
 lever() {  # NAME OVERRIDES...
     local name=$1; shift
     [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run $base "$@" hydra.run.dir="$out/$name"
