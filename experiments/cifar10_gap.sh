@@ -3,7 +3,9 @@
 # dream_kd and real_kd, seeds 0-2, one teacher (teacher.seed=0, cached), the settings of
 # conf/experiment/cifar10_cpu_reduced.yaml (chosen on the validation split: cifar10_levers.sh).
 # About 5 minutes a run on 2 idle cores (30 minutes; 40 more if the teacher is not cached).
-# Runs one after the other on the same machine, so their wall times compare.
+# Runs one after the other on the same machine, so their wall times compare. The experiment puts
+# dreams through TrivialAugment since commit 94fabbd: a NAME whose runs predate it mixes both, so
+# add recovery.pool.augment=none to repeat an earlier table (experiments/README.md says which).
 # Table: experiments/results/cifar10_gap/results.md. A variant: NAME=... (its own folders) and
 # METHODS=..., with Hydra overrides as arguments, e.g.
 #   NAME=cifar10_gap_bnm09 METHODS=dream_kd bash experiments/cifar10_gap.sh synthesis.synthesizer.bn_momentum=0.9

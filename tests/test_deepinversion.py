@@ -45,24 +45,28 @@ def test_bn_statistics_loss_matches_hand_computation():
     assert not bn._forward_hooks, "hooks must be removed when the context ends"
 
 
-def test_bn_statistics_stay_accurate_when_the_mean_dwarfs_the_spread():
+@pytest.mark.parametrize("bn, shape", [(nn.BatchNorm2d, (64, 4, 8, 8)), (nn.BatchNorm1d, (256, 4)),
+                                       (nn.BatchNorm1d, (64, 4, 16))])
+def test_bn_statistics_stay_accurate_when_the_mean_dwarfs_the_spread(bn, shape):
     """The hooks take the variance about the batch mean held constant (faster than x.var); in
     fp32 its loss and gradient must match float64's two-pass variance for channels whose mean is
     100 times their spread (a one-pass E[x^2] - E[x]^2 is off by 0.15% of the largest gradient
-    there; the trained teachers' BN inputs measured at most 7)."""
+    there; the trained teachers' BN inputs measured at most 7), for image and vector BN layers."""
     torch.manual_seed(0)
-    bn = nn.BatchNorm2d(4).eval()
+    bn = bn(4).eval()
     bn.running_mean.copy_(torch.tensor([50.0, -50.0, 0.0, 5.0]))
     bn.running_var.copy_(torch.tensor([0.25, 0.25, 1.0, 0.01]))
-    x = (torch.randn(64, 4, 8, 8) * torch.tensor([0.5, 0.6, 1.0, 0.2]).view(1, 4, 1, 1)
-         + torch.tensor([50.0, -50.2, 0.1, 5.0]).view(1, 4, 1, 1)).requires_grad_(True)
+    per_channel = (1, 4, *[1] * (len(shape) - 2))
+    x = (torch.randn(shape) * torch.tensor([0.5, 0.6, 1.0, 0.2]).view(per_channel)
+         + torch.tensor([50.0, -50.2, 0.1, 5.0]).view(per_channel)).requires_grad_(True)
+    dims = [0, *range(2, len(shape))]
     for distance in ("normalized", "l2"):
         with bn_statistics(bn, distance) as hooks:
             bn(x)
             loss = hooks[0].loss
         grad, = torch.autograd.grad(loss, x)
         x64 = x.detach().double().requires_grad_(True)
-        mean, var = x64.mean((0, 2, 3)), x64.var((0, 2, 3), unbiased=False)
+        mean, var = x64.mean(dims), x64.var(dims, unbiased=False)
         rm, rv = bn.running_mean.double(), bn.running_var.double()
         if distance == "l2":
             expected = torch.linalg.vector_norm(mean - rm) + torch.linalg.vector_norm(var - rv)

@@ -132,7 +132,6 @@ def test_trivial_augment_changes_each_dream_on_its_own_within_the_valid_pixels(d
         dm = _module(teacher, data, augment=augment.split()[0], jitter=0, flip=False, kd_batch_size=64)
         dm.setup("fit")
         dm.refresh()  # the same pool for each, and no KD batch drawn yet: the same dreams sampled
-        dm.images = torch.maximum(torch.minimum(dm.images, high), low)  # noise dreams, made valid pixels
         torch.manual_seed(global_seed)
         state = torch.random.get_rng_state()
         batches[augment] = dm.sample()[0]

@@ -34,7 +34,10 @@ AUGMENTS = ("none", "trivial")
 def trivial_augment(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     """TrivialAugmentWide (Muller & Hutter, ICCV 2021: one random operation of random strength per
     image) on normalized images whose valid range is [low, high] per channel, applied to them as
-    8-bit pixels, as torchvision applies it to photos; random draws from torch's global stream."""
+    8-bit pixels, as torchvision applies it to photos (its translations reach 32 pixels and its
+    rotations 135 degrees, sized for 32x32 images); random draws from torch's global CPU stream.
+    One call per image: cheap on the CPU, many small kernels on a GPU."""
+    low, high = low.to(x.dtype), high.to(x.dtype)
     pixels = ((x - low) / (high - low) * 255).round().clamp(0, 255).to(torch.uint8)
     augment = v2.TrivialAugmentWide()
     out = torch.stack([augment(image) for image in pixels])
@@ -113,8 +116,8 @@ class SyntheticDataModule(L.LightningDataModule):
             x = random_crop_flip(x, 0, self.flip, generator=self.sampler)
         if self.augment == "trivial":  # seeded from the pool's own stream: a resumed run augments alike
             seed = int(torch.randint(2 ** 62, (), generator=self.sampler))
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            with torch.random.fork_rng(devices=[]):  # CPU draws only: the accelerators' streams stay
+                torch.default_generator.manual_seed(seed)
                 x = trivial_augment(x, *self.synthesizer.bounds(x.device))
         return x, y
 
