@@ -22,9 +22,9 @@
 #   real_kd_steps1000, cutmix_steps1000, real_kd_cutmix_steps1000, cutmix_steps3000,
 #   real_kd_cutmix_steps3000: real_kd or dream_kd for 1,000 or 3,000 steps, with CutMix where named
 #                     (30 minutes or more each at 3,000).
-# Every run but the cutmix ones sets recovery.mix=none, every run 200 warm-up steps, and every run
-# but the trivial one recovery.pool.augment=none: they predate the experiment's CutMix, shorter
-# warm-up and TrivialAugment.
+# Every run starts from recovery.mix=none, recovery.pool.augment=none and 200 warm-up steps (they
+# predate the experiment's CutMix, TrivialAugment and shorter warm-up); a run's own settings come
+# after them and win (Hydra takes the last value of a setting given twice).
 # About 5 minutes a run on 2 idle cores (13 for 1000 steps). Table:
 # experiments/results/cifar10_structured_levers/results.md.
 set -euo pipefail
@@ -46,8 +46,8 @@ declare -A extra=(
     [real_kd_cutmix_steps3000]="recovery=real_kd recovery.steps=3000 recovery.mix=cutmix")
 for name in ${RUNS:-real_kd lr0.1 l2_global steps1000}; do
     [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
-        teacher.seed=0 seed=0 pruning=structured pruning.ratio=0.5 deploy=none recovery.mix=none synthesis.synthesizer.warmup_steps=200 ${extra[$name]} \
-        $([[ "${extra[$name]}" == *pool.augment* ]] || echo recovery.pool.augment=none) hydra.run.dir="$out/$name"
+        teacher.seed=0 seed=0 pruning=structured pruning.ratio=0.5 deploy=none recovery.mix=none recovery.pool.augment=none synthesis.synthesizer.warmup_steps=200 ${extra[$name]} \
+        hydra.run.dir="$out/$name"
 done
 mkdir -p experiments/results/cifar10_structured_levers
 table=experiments/results/cifar10_structured_levers/results.md
