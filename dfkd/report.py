@@ -79,10 +79,13 @@ def table(results: dict) -> str:
     rows = [("teacher", results["teacher"]),
             (f"pruned ({cfg['pruning_ratio']:.0%} {cfg['pruning_method']})", results["pruned"]),
             (f"recovered ({cfg['recovery']})", results["recovered"])]
-    lines = [f"{'':28s}{'accuracy':>10s}{'agreement':>11s}{'sparsity':>10s}"]
+    validation = any("val_acc" in r for _, r in rows)  # a column only where there is a validation split
+    lines = [f"{'':28s}{'accuracy':>10s}" + (f"{'validation':>12s}" if validation else "")
+             + f"{'agreement':>11s}{'sparsity':>10s}"]
     for name, r in rows:
         agreement = r.get("agreement", r.get("dream_agreement"))
-        lines.append(f"{name:28s}{pct(r.get('acc')):>10s}{pct(agreement):>11s}{pct(r.get('sparsity')):>10s}")
+        val = f"{pct(r.get('val_acc')):>12s}" if validation else ""
+        lines.append(f"{name:28s}{pct(r.get('acc')):>10s}{val}{pct(agreement):>11s}{pct(r.get('sparsity')):>10s}")
     if not results.get("real_data_read", True):
         lines.append("strict data-free: no real data was read; agreement is measured on held-out dreams")
     times = ", ".join(f"{k} {v:.1f} s" for k, v in results["times"].items())
@@ -184,8 +187,9 @@ def summarize(runs: list[dict]) -> list[dict]:
         for stage in ("teacher", "pruned", "recovered"):
             row[stage] = _mean_std([m[stage]["acc"] for m in members])
         row["recovery_pct"] = _mean_std([m["recovered"]["acc"] / m["teacher"]["acc"] for m in members])
-        val = [m["recovered"]["val_acc"] for m in members if "val_acc" in m["recovered"]]
-        row["recovered_val"] = _mean_std(val) if val else None
+        for stage in ("teacher", "recovered"):  # on the validation split, where the runs had one
+            val = [m[stage]["val_acc"] for m in members if "val_acc" in m[stage]]
+            row[f"{stage}_val"] = _mean_std(val) if val else None
         target = [m["synthesis"]["target_acc"] for m in members if "target_acc" in (m.get("synthesis") or {})]
         row["target_acc"] = _mean_std(target) if target else None
         row.update(deployment_row(members))
@@ -230,17 +234,17 @@ def markdown(rows: list[dict]) -> str:
         return f"{r['latency_ms']:.2f} / {r['teacher_latency_ms']:.2f} ({r['latency_batch']})"
 
     lines = ["| model | data | sparsity | method | synthesis | steps x batch | seeds | teacher % | "
-             "pruned % | recovered % | recovered / teacher % | recovered, validation % | "
+             "pruned % | recovered % | recovered / teacher % | teacher, validation % | recovered, validation % | "
              "dreams' target agreement | FLOPs / teacher | zipped size / teacher | CPU ms (batch) student / teacher | "
              "recover s | total s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['data']} | {r['pruning_ratio']:.2f} {r['pruning_method']} | "
             f"{r['recovery']} | {r['synthesis'] or '-'} | "
             f"{r['recovery_steps']} x {r['recovery_batch_size']} | {','.join(map(str, r['seeds']))} | "
             f"{pm(r['teacher'])} | {pm(r['pruned'])} | {pm(r['recovered'])} | "
-            f"{pm(r['recovery_pct'], digits=1)} | {maybe(r.get('recovered_val'))} | "
+            f"{pm(r['recovery_pct'], digits=1)} | {maybe(r.get('teacher_val'))} | {maybe(r.get('recovered_val'))} | "
             f"{maybe(r.get('target_acc'), 1, 3)} | {ratio(r.get('flops_ratio'))} | {ratio(r.get('compressed_ratio'))} | "
             f"{latency(r)} | {pm(r['recover_s'], 1, 1)} | {pm(r['total_s'], 1, 1)} |")
     return "\n".join(lines) + "\n"

@@ -75,6 +75,8 @@ def run(cfg: DictConfig) -> dict:
             dreams = (held_out_dreams(held_out, teacher, data, cfg.seed, cfg.strict_data_free_images)
                       if held_out is not None else None)
             judge = Judge(data, device, nhwc, dreams)
+            if judge.has_validation:  # the teacher's figure on the split that settings are chosen on
+                teacher_info = {**teacher_info, "val_acc": judge.val_acc(teacher)}
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         stages = Stages(cfg, teacher, data, judge, logger, out, times)
         student, pruned, synthesis, rounds = stages.prune_and_recover(prune, recovery, real_data=not strict)
@@ -128,7 +130,8 @@ class Stages:
             with self.times("prune"):
                 student = prune(student, example, ratio=ratio)
             with self.times("evaluate"):
-                found = {**self.judge(student, self.teacher), "sparsity": pruning.sparsity(student)["overall"]}
+                found = {**self.judge(student, self.teacher, validation=True),
+                         "sparsity": pruning.sparsity(student)["overall"]}
             log.info("Pruned (%s%s), %.2f%% of the weights zero: %s", prune.describe(),
                      "" if len(ratios) == 1 else f", round {k + 1} of {len(ratios)}: {ratio:.1%}", 100 * found["sparsity"],
                      headline(found))

@@ -68,6 +68,25 @@ def test_teacher_is_cached_and_reused(make_cfg):
     assert second["teacher"]["acc"] == first["teacher"]["acc"]
 
 
+def test_a_validation_split_judges_teacher_pruned_and_student(make_cfg, tmp_path):
+    """With data.val_size, every stage is scored on the split that settings are chosen on, so that
+    "within x points of the teacher" can be read there; the test split is still reported."""
+    from dfkd import report
+
+    results = run(make_cfg("data.val_size=200", "recovery=finetune", "recovery.steps=30"))
+    val = {k: results[k]["val_acc"] for k in ("teacher", "pruned", "recovered")}
+    for k, acc in val.items():  # 200 images: every accuracy is a whole number of them
+        assert acc * 200 == pytest.approx(round(acc * 200), abs=1e-3), (k, acc)
+        assert "acc" in results[k]
+    assert val["pruned"] < val["teacher"] - 0.3 and val["recovered"] > val["pruned"] + 0.3, val
+    assert "validation" in report.table(results).splitlines()[0]
+    row = report.summarize([json.loads((tmp_path / "results.json").read_text())])[0]
+    assert row["teacher_val"][0] == pytest.approx(val["teacher"])
+    # without a validation split, no such figure and no such column
+    plain = run(make_cfg("recovery=none"))
+    assert "val_acc" not in plain["teacher"] and "validation" not in report.table(plain)
+
+
 @pytest.mark.parametrize("method", ["dream_kd", "adi"])
 def test_recovery_never_changes_the_teacher(make_cfg, digits_teacher, tmp_path, method):
     """Weights, BatchNorm running statistics and accuracy of the teacher, after a recovery
