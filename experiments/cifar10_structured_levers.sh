@@ -19,6 +19,8 @@
 #   cutmix_steps3000_target_mix: cutmix_steps3000 (below) with target_mix=1 (26 minutes)
 #   cutmix_steps3000_trivial: cutmix_steps3000 with recovery.pool.augment=trivial (one
 #                     TrivialAugment operation per dream), at the BN hooks of commit f3daf35
+#   cutmix_steps3000_refresh10: cutmix_steps3000 with a new batch of dreams every 10 KD steps
+#                     instead of 25 (recovery.pool.refresh_every=10: 2.5 times as many dreams)
 #   real_kd_steps1000, cutmix_steps1000, real_kd_cutmix_steps1000, cutmix_steps3000,
 #   real_kd_cutmix_steps3000: real_kd or dream_kd for 1,000 or 3,000 steps, with CutMix where named
 #                     (30 minutes or more each at 3,000).
@@ -39,6 +41,7 @@ declare -A extra=(
     [target_mix]="synthesis.synthesizer.target_mix=1"
     [cutmix_steps3000_target_mix]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.target_mix=1"
     [cutmix_steps3000_trivial]="recovery.steps=3000 recovery.mix=cutmix recovery.pool.augment=trivial"
+    [cutmix_steps3000_refresh10]="recovery.steps=3000 recovery.mix=cutmix recovery.pool.refresh_every=10"
     [steps1000]="recovery.steps=1000" [real_kd_steps1000]="recovery=real_kd recovery.steps=1000"
     [cutmix_steps1000]="recovery.steps=1000 recovery.mix=cutmix"
     [real_kd_cutmix_steps1000]="recovery=real_kd recovery.steps=1000 recovery.mix=cutmix"
