@@ -25,6 +25,18 @@ for _pattern in (".*does not have many workers.*", ".*is smaller than the loggin
     warnings.filterwarnings("ignore", _pattern)
 
 
+class _NoAdvert(logging.Filter):
+    """Drops Lightning's "Tip" to install its cloud logger, printed at every fit (teacher, each
+    recovery) between dfkd's own lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_NoAdvert())
+
+
 def validate(cfg: DictConfig) -> None:
     """Refuse DDP inside a local multirun: Lightning relaunches the command line once per rank,
     and each relaunch would start the whole sweep again (use hydra/launcher=slurm instead)."""

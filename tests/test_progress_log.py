@@ -52,3 +52,11 @@ def test_step_lines_report_each_validation_at_its_own_step(caplog):
         assert f"val/acc {step}" in line, line
     steps = [line for line in lines if ", validation:" not in line]
     assert len(steps) == 3 and all("train/loss" in line and "val/" not in line for line in steps), steps
+
+
+def test_a_trainer_prints_lightnings_own_lines_but_not_its_advert(caplog):
+    cfg = OmegaConf.load(CONF / "trainer" / "cpu.yaml")
+    with caplog.at_level(logging.INFO):
+        make_trainer(cfg, "recovery", max_steps=1, logger=False, enable_checkpointing=False)
+    assert "GPU available" in caplog.text  # the filter is narrow: Lightning's facts still show
+    assert "litlogger" not in caplog.text and "Tip" not in caplog.text
