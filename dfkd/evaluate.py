@@ -103,5 +103,8 @@ class Judge:
         return self.dreams is None and bool(self.data.val_size)
 
     def val_acc(self, model: nn.Module) -> float:
-        """Top-1 accuracy of ``model`` on the validation split."""
-        return evaluate(model, self.data, self.device, channels_last=self.channels_last, split="val")["acc"]
+        """Top-1 accuracy of ``model`` on the validation split. The global random stream is left
+        as it was (a loader draws its seed from it), so a run's recovery is the same with or
+        without this figure."""
+        with torch.random.fork_rng(devices=[]):
+            return evaluate(model, self.data, self.device, channels_last=self.channels_last, split="val")["acc"]

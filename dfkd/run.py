@@ -144,7 +144,7 @@ class Stages:
                 rounds.append({"ratio": ratio, "steps": steps, "pruned": found})
             if not final:
                 with self.times("evaluate"):
-                    rounds[-1]["recovered"] = self.judge(student, self.teacher)
+                    rounds[-1]["recovered"] = self.judge(student, self.teacher, validation=True)
         return student, pruned, synthesis, rounds
 
     def recover_round(self, recovery, student, folder: Path, final: bool, real_data: bool) -> dict:

@@ -89,3 +89,24 @@ def test_report_puts_accuracy_against_latency(tmp_path):
     (tmp_path / "accuracy-vs-latency.png").unlink()
     assert "| - | - | - |" in report.write_report(tmp_path).read_text()
     assert not (tmp_path / "accuracy-vs-latency.png").exists()
+
+
+@pytest.mark.parametrize("with_validation", [False, True])
+def test_tables_keep_their_columns_with_and_without_a_validation_split(tmp_path, with_validation):
+    _result(tmp_path / "0", 0, "dream_kd", 0.9, 0.99, 0.20, 0.96)
+    results = json.loads((tmp_path / "0" / "results.json").read_text())
+    results.update(sparsity=0.9, times={"recover": 1.0})
+    if with_validation:
+        for stage, acc in (("teacher", 0.985), ("pruned", 0.25), ("recovered", 0.955)):
+            results[stage]["val_acc"] = acc
+        (tmp_path / "0" / "results.json").write_text(json.dumps(results))
+    rows = report.table(results).splitlines()[:4]
+    assert len({len(line) for line in rows}) == 1, rows  # the columns line up
+    assert ("validation" in rows[0]) is with_validation
+    assert ("95.50%" in rows[3] and "98.50%" in rows[1]) is with_validation
+
+    lines = report.markdown(report.summarize(report.collect(tmp_path))).splitlines()
+    assert len({line.count("|") for line in lines}) == 1, lines  # header, rule and row agree
+    cells = dict(zip(lines[0].split("|"), lines[2].split("|")))
+    expected = ("98.50 ± 0.00", "95.50 ± 0.00") if with_validation else ("-", "-")
+    assert (cells[" teacher, validation % "].strip(), cells[" recovered, validation % "].strip()) == expected

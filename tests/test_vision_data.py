@@ -144,6 +144,21 @@ def test_validation_split_is_carved_from_train_fixed_and_disjoint():
     assert len(dreams.val_dataloader().dataset) == 200      # KD on dreams draws its curve there too
 
 
+def test_scoring_on_the_validation_split_leaves_the_random_stream_alone():
+    """A run scores the pruned student on validation between seeding and recovery: a loader draws
+    its seed from the global stream, which recovery on real data then shuffles and crops with."""
+    from dfkd.data import DigitsDataModule
+    from dfkd.evaluate import Judge
+    from dfkd.models import DigitsCNN
+
+    data = DigitsDataModule(val_size=100)
+    data.setup()
+    model, judge = DigitsCNN(width=4), Judge(data, torch.device("cpu"))
+    before = torch.get_rng_state()
+    acc = judge.val_acc(model)
+    assert 0 <= acc <= 1 and torch.equal(torch.get_rng_state(), before)
+
+
 def test_a_validation_split_larger_than_train_is_refused():
     from dfkd.data import DigitsDataModule
 
