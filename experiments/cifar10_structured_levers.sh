@@ -22,6 +22,8 @@
 #   cutmix_steps3000_refresh10: cutmix_steps3000 with a new batch of dreams every 10 KD steps
 #                     instead of 25 (recovery.pool.refresh_every=10: 2.5 times as many dreams)
 #   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 50 minutes)
+#   cutmix_steps3000_adv1: cutmix_steps3000 with the adversarial (competition) term at weight 1:
+#                     dreams pushed to where student and teacher disagree (about 30 minutes)
 #   real_kd_steps1000, cutmix_steps1000, real_kd_cutmix_steps1000, cutmix_steps3000,
 #   real_kd_cutmix_steps3000: real_kd or dream_kd for 1,000 or 3,000 steps, with CutMix where named
 #                     (30 minutes or more each at 3,000).
@@ -48,6 +50,7 @@ declare -A extra=(
     [real_kd_cutmix_steps1000]="recovery=real_kd recovery.steps=1000 recovery.mix=cutmix"
     [cutmix_steps3000]="recovery.steps=3000 recovery.mix=cutmix"
     [cutmix_steps6000]="recovery.steps=6000 recovery.mix=cutmix"
+    [cutmix_steps3000_adv1]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.competition_weight=1"
     [real_kd_cutmix_steps3000]="recovery=real_kd recovery.steps=3000 recovery.mix=cutmix")
 for name in ${RUNS:-real_kd lr0.1 l2_global steps1000}; do
     [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
