@@ -20,10 +20,11 @@
 #   cutmix_steps3000_trivial: cutmix_steps3000 with recovery.pool.augment=trivial (one
 #                     TrivialAugment operation per dream), at the BN hooks of commit f3daf35
 #   cutmix_steps3000_refresh10: cutmix_steps3000 with a new batch of dreams every 10 KD steps
-#                     instead of 25 (recovery.pool.refresh_every=10: 2.5 times as many dreams)
-#   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 50 minutes)
+#                     instead of 25 (recovery.pool.refresh_every=10: 2.5 times as many dreams;
+#                     not run yet)
+#   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 45 minutes)
 #   cutmix_steps3000_adv1: cutmix_steps3000 with the adversarial (competition) term at weight 1:
-#                     dreams pushed to where student and teacher disagree (about 30 minutes)
+#                     dreams pushed to where student and teacher disagree (about 25 minutes)
 #   real_kd_steps1000, cutmix_steps1000, real_kd_cutmix_steps1000, cutmix_steps3000,
 #   real_kd_cutmix_steps3000: real_kd or dream_kd for 1,000 or 3,000 steps, with CutMix where named
 #                     (30 minutes or more each at 3,000).
