@@ -93,14 +93,9 @@ class Judge:
         if self.dreams is not None:
             return judge_on_dreams(model, teacher, self.dreams, self.data.num_classes)
         found = evaluate(model, self.data, self.device, teacher, channels_last=self.channels_last)
-        if validation and self.has_validation:  # what experiments choose settings on
+        if validation and self.data.val_size:  # what experiments choose settings on
             found["val_acc"] = self.val_acc(model)
         return found
-
-    @property
-    def has_validation(self) -> bool:
-        """Whether models are judged on a validation split too (never in strict data-free mode)."""
-        return self.dreams is None and bool(self.data.val_size)
 
     def val_acc(self, model: nn.Module) -> float:
         """Top-1 accuracy of ``model`` on the validation split. The global random stream is left

@@ -75,8 +75,6 @@ def run(cfg: DictConfig) -> dict:
             dreams = (held_out_dreams(held_out, teacher, data, cfg.seed, cfg.strict_data_free_images)
                       if held_out is not None else None)
             judge = Judge(data, device, nhwc, dreams)
-            if judge.has_validation:  # the teacher's figure on the split that settings are chosen on
-                teacher_info = {**teacher_info, "val_acc": judge.val_acc(teacher)}
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         stages = Stages(cfg, teacher, data, judge, logger, out, times)
         student, pruned, synthesis, rounds = stages.prune_and_recover(prune, recovery, real_data=not strict)

@@ -172,6 +172,15 @@ def train_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trai
     return model
 
 
+def scores(teacher: nn.Module, data: ImageDataModule, device, nhwc: bool) -> dict:
+    """The teacher's test accuracy and, where the data have a validation split, its accuracy
+    there (``val_acc``): kept beside a cached teacher, which is not evaluated again."""
+    found = evaluate(teacher, data, device, channels_last=nhwc)
+    if data.val_size:
+        found["val_acc"] = evaluate(teacher, data, device, channels_last=nhwc, split="val")["acc"]
+    return found
+
+
 def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trainer: DictConfig,
                    cache: Path, run_dir: Path, evaluate_it: bool = True) -> tuple[nn.Module, dict]:
     """Weights for ``model`` from teacher.checkpoint, the cache file ``cache``, or training (then
@@ -185,7 +194,7 @@ def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tra
         if not evaluate_it:
             log.info("Teacher from teacher.checkpoint=%s (not evaluated: strict data-free mode)", cfg.checkpoint)
             return teacher.to(device), {"source": str(cfg.checkpoint)}
-        info = {"source": str(cfg.checkpoint), **evaluate(teacher, data, device, channels_last=nhwc)}
+        info = {"source": str(cfg.checkpoint), **scores(teacher, data, device, nhwc)}
         log.info("Teacher from teacher.checkpoint=%s: test accuracy %.2f%% (%.0f s)", cfg.checkpoint,
                  100 * info["acc"], time.perf_counter() - start)
         return teacher, info
@@ -196,8 +205,8 @@ def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tra
             advice=f"It was trained with another version of this architecture's code. Delete it "
                    f"(rm {cache}) and run again to train a new one."))
         known = json.loads(facts.read_text()) if facts.is_file() else {}
-        if "acc" not in known:
-            known = {**known, **evaluate(teacher, data, device, channels_last=nhwc)}
+        if "acc" not in known or (data.val_size and "val_acc" not in known):
+            known = {**known, **scores(teacher, data, device, nhwc)}
             _write_atomically(facts, lambda tmp: tmp.write_text(json.dumps(known)))
         log.info("Teacher from the cache: %s, test accuracy %.2f%%", cache, 100 * known["acc"])
         return teacher, {"source": str(cache), "cached": True, **known}
@@ -213,7 +222,7 @@ def _train_and_cache(model: nn.Module, cfg: DictConfig, data: ImageDataModule, t
     _check_writable(cache.parent)  # before hours of training, not after
     train_teacher(model, cfg, data, trainer, run_dir)
     teacher = freeze(model)
-    known = {**evaluate(teacher, data, device_of(trainer), channels_last=trainer.channels_last),
+    known = {**scores(teacher, data, device_of(trainer), trainer.channels_last),
              "train_seconds": time.perf_counter() - start}
     if near_chance(known["acc"], data.num_classes) if floor is None else known["acc"] < floor:
         kept = run_dir / "teacher_rejected.pt"  # a teacher at chance is never cached

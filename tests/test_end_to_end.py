@@ -72,7 +72,6 @@ def test_a_validation_split_judges_teacher_pruned_and_student(make_cfg, tmp_path
     """With data.val_size, every stage is scored on the split that settings are chosen on, so that
     "within x points of the teacher" can be read there; the test split is still reported."""
     from dfkd import report
-
     from dfkd.data import DigitsDataModule
     from dfkd.evaluate import evaluate
 
@@ -85,6 +84,8 @@ def test_a_validation_split_judges_teacher_pruned_and_student(make_cfg, tmp_path
         model.load_state_dict(torch.load(path, weights_only=True))
         assert val[k] == evaluate(model, data, torch.device("cpu"), split="val")["acc"], k
         assert results[k]["acc"] == pytest.approx(evaluate(model, data, torch.device("cpu"))["acc"]), k
+    kept = json.loads(Path(results["teacher"]["source"]).with_suffix(".json").read_text())
+    assert kept["val_acc"] == val["teacher"]  # beside the cached teacher: not scored again
     assert "validation" in report.table(results).splitlines()[0]
     row = report.summarize([json.loads((tmp_path / "results.json").read_text())])[0]
     assert row["teacher_val"][0] == pytest.approx(val["teacher"])
