@@ -22,6 +22,10 @@
 #   cutmix_steps3000_refresh10: cutmix_steps3000 with a new batch of dreams every 10 KD steps
 #                     instead of 25 (recovery.pool.refresh_every=10: 2.5 times as many dreams;
 #                     not run yet)
+#   cutmix_steps3000_pool16k: cutmix_steps3000 with a pool that keeps every dream of the run
+#                     (recovery.pool.size=16384; 4,096 by default: the last 32 batches)
+#   cutmix_steps3000_wd5e-4: cutmix_steps3000 with weight decay 5e-4 in KD
+#                     (recovery.optimizer.weight_decay=5e-4, as Fang et al.'s and Fang et al.'s CMI KD use)
 #   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 45 minutes)
 #   cutmix_steps3000_adv1: cutmix_steps3000 with the adversarial (competition) term at weight 1:
 #                     dreams pushed to where student and teacher disagree (about 25 minutes)
@@ -46,6 +50,8 @@ declare -A extra=(
     [cutmix_steps3000_target_mix]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.target_mix=1"
     [cutmix_steps3000_trivial]="recovery.steps=3000 recovery.mix=cutmix recovery.pool.augment=trivial"
     [cutmix_steps3000_refresh10]="recovery.steps=3000 recovery.mix=cutmix recovery.pool.refresh_every=10"
+    [cutmix_steps3000_pool16k]="recovery.steps=3000 recovery.mix=cutmix recovery.pool.size=16384"
+    [cutmix_steps3000_wd5e-4]="recovery.steps=3000 recovery.mix=cutmix recovery.optimizer.weight_decay=5e-4"
     [steps1000]="recovery.steps=1000" [real_kd_steps1000]="recovery=real_kd recovery.steps=1000"
     [cutmix_steps1000]="recovery.steps=1000 recovery.mix=cutmix"
     [real_kd_cutmix_steps1000]="recovery=real_kd recovery.steps=1000 recovery.mix=cutmix"
