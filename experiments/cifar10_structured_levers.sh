@@ -26,6 +26,8 @@
 #                     (recovery.pool.size=16384; 4,096 by default: the last 32 batches)
 #   cutmix_steps3000_wd5e-4: cutmix_steps3000 with weight decay 5e-4 in KD
 #                     (recovery.optimizer.weight_decay=5e-4, the usual value for training CIFAR ResNets)
+#   cutmix_steps3000_rounds3: cutmix_steps3000 reached in 3 linear prune-recover rounds (17%, 33%,
+#                     50% of the FLOPs, 1,000 KD steps each: pruning.rounds=3 pruning.schedule=linear)
 #   cutmix_steps3000_keep_first: cutmix_steps3000 with the first conv kept whole
 #                     (pruning.keep_dense=[first,last]; the other layers lose more to reach 50%)
 #   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 45 minutes)
@@ -53,6 +55,7 @@ declare -A extra=(
     [cutmix_steps3000_trivial]="recovery.steps=3000 recovery.mix=cutmix recovery.pool.augment=trivial"
     [cutmix_steps3000_refresh10]="recovery.steps=3000 recovery.mix=cutmix recovery.pool.refresh_every=10"
     [cutmix_steps3000_pool16k]="recovery.steps=3000 recovery.mix=cutmix recovery.pool.size=16384"
+    [cutmix_steps3000_rounds3]="recovery.steps=3000 recovery.mix=cutmix pruning.rounds=3 pruning.schedule=linear"
     [cutmix_steps3000_keep_first]="recovery.steps=3000 recovery.mix=cutmix pruning.keep_dense=[first,last]"
     [cutmix_steps3000_wd5e-4]="recovery.steps=3000 recovery.mix=cutmix recovery.optimizer.weight_decay=5e-4"
     [steps1000]="recovery.steps=1000" [real_kd_steps1000]="recovery=real_kd recovery.steps=1000"

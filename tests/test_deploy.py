@@ -110,6 +110,23 @@ def test_iterative_pruning_shares_the_budget_and_keeps_each_round(make_cfg, tmp_
     assert again["recovered"]["sparsity"] >= 0.9 - 1e-3
 
 
+@pytest.mark.slow
+def test_structured_pruning_in_rounds_resumes_with_the_thinner_round(make_cfg, tmp_path, caplog):
+    import logging
+
+    settings = ("pruning=structured", "pruning.rounds=2", "pruning.schedule=linear", "recovery.steps=20")
+    results = run(make_cfg(*settings))
+    assert [r["ratio"] for r in results["pruning"]["rounds"]] == pytest.approx([0.25, 0.5])
+    assert 0.5 - 1e-3 <= results["pruning"]["removed"] < 0.55  # of the teacher's FLOPs, not of round 1's
+    assert results["deployment"]["flops_ratio"] == pytest.approx(1 - results["pruning"]["removed"])
+    # interrupted after the first round: its thinner student is loaded into the re-pruned network
+    (tmp_path / "results.json").unlink()
+    with caplog.at_level(logging.INFO):
+        again = run(make_cfg(*settings, f"resume={tmp_path}"))
+    assert f"Round kept from {tmp_path / 'round_1' / 'student.pt'}" in caplog.text
+    assert again["pruning"]["rounds"][0]["recovered"] == results["pruning"]["rounds"][0]["recovered"]
+
+
 def test_more_rounds_than_steps_are_refused(make_cfg):
     with pytest.raises(DfkdError, match=r"pruning\.rounds=5.*recovery\.steps=3"):
         run(make_cfg("pruning=iterative", "pruning.rounds=5", "recovery.steps=3"))

@@ -278,6 +278,25 @@ def test_structured_pruning_leaves_batchnorm_statistics_alone():
     assert int(bn.num_batches_tracked) == seen  # tracing ran in eval mode
 
 
+def test_structured_rounds_reach_the_ratio_of_the_whole_network():
+    torch.manual_seed(0)
+    example, model = torch.zeros(1, 1, 8, 8), DigitsCNN(width=32)  # wide enough for fine steps
+    before = _flops(model, (1, 8, 8))
+    pruner = pruning.Structured(0.5, rounds=2, schedule="linear")
+    assert pruner.rounds() == pytest.approx([0.25, 0.5])
+    assert pruner.settings()["pruning_method"] == "structured l1 2xlinear"
+    model = pruner(model, example, ratio=0.25)
+    assert 0.65 * before <= _flops(model, (1, 8, 8)) <= 0.75 * before * 1.001
+    model = pruner(model, example, ratio=0.5)  # the second round gets the first round's network
+    assert 0.45 * before <= _flops(model, (1, 8, 8)) <= 0.5 * before * 1.001  # not half of what was left
+    assert pruner.found["before"] == before and 0.5 - 1e-3 <= pruner.found["removed"] <= 0.55
+    torch.manual_seed(0)
+    pruner(DigitsCNN(width=32), example)  # no ratio given: one shot from the whole network
+    assert 0.5 - 1e-3 <= pruner.found["removed"] <= 0.55
+    with pytest.raises(DfkdError, match=r"pruning\.rounds=0"):
+        pruning.Structured(0.5, rounds=0)
+
+
 def test_a_structured_ratio_that_would_remove_whole_layers_is_refused():
     with pytest.raises(DfkdError, match=r"cannot remove 99.5% of the params \(pruning\.ratio=0\.995\).*Lower pruning\.ratio"):
         pruning.Structured(0.995, target="params").validate(_model(), torch.zeros(1, 1, 8, 8))

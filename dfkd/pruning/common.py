@@ -7,10 +7,11 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from dfkd.errors import DfkdError, check
+from dfkd.errors import DfkdError, check, check_choice
 
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 ALIASES = ("first", "last")  # keep_dense: the first and the last conv/linear layer, whatever their names
+SCHEDULES = ("cubic", "linear")  # how prune-recover rounds approach the final ratio
 
 
 def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -51,6 +52,16 @@ def check_ratio(ratio, what: str = "the fraction of conv and linear weights set 
         raise DfkdError(f"pruning.ratio={ratio!r} is not a number: it is {what}, e.g. pruning.ratio=0.9.") from None
     check(0.0 <= ratio < 1.0, f"pruning.ratio={ratio} is outside [0, 1): it is {what} (0.9 keeps one in ten).")
     return ratio
+
+
+def round_ratios(ratio: float, rounds: int = 1, kind: str = "cubic") -> list[float]:
+    """The ratios ``rounds`` prune-recover rounds pass through to ``ratio``: Zhu & Gupta's cubic
+    schedule (big steps first) or a linear one; one round is one-shot pruning."""
+    check(isinstance(rounds, int) and rounds >= 1, f"pruning.rounds={rounds!r} must be a whole number >= 1.")
+    check_choice("pruning.schedule", kind, SCHEDULES)
+    if kind == "linear":
+        return [ratio * (i + 1) / rounds for i in range(rounds)]
+    return [ratio * (1 - (1 - (i + 1) / rounds) ** 3) for i in range(rounds)]
 
 
 def check_no_layer_removed(model: nn.Module, ratio: float, hint: str) -> None:

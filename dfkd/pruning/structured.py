@@ -8,7 +8,9 @@ Channels are ranked by the L1 or L2 norm of their weights, or by their BatchNorm
 share of channels leaves every layer (uniform) or the least important across the network leave
 first (global), their scores put on one scale per layer by torch-pruning's ``normalizer`` (mean:
 each layer's scores over their mean; lamp: Lee et al.'s LAMP scores, as unstructured pruning's
-default ranks single weights)."""
+default ranks single weights). With ``rounds`` > 1 the target is reached in prune-recover rounds
+(as pruning=iterative reaches an unstructured ratio), channels re-ranked on the recovered student
+each round."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfkd.errors import DfkdError, check, check_choice
-from dfkd.pruning.common import Pruner, check_ratio, dense_names, prunable, sparsity, undone
+from dfkd.pruning.common import Pruner, check_ratio, dense_names, prunable, round_ratios, sparsity, undone
 
 IMPORTANCE = {"l1": lambda normalizer: tp.importance.MagnitudeImportance(p=1, normalizer=normalizer),
               "l2": lambda normalizer: tp.importance.MagnitudeImportance(p=2, normalizer=normalizer),
@@ -44,12 +46,14 @@ def count(model: nn.Module, example: torch.Tensor, what: str) -> int:
 class Structured(Pruner):
     """Remove whole channels until ``ratio`` of the FLOPs (``target=flops``) or of the parameters
     (``target=params``) are gone; ``keep_dense`` layers keep their output channels (by default the
-    classifier, whose outputs are the classes)."""
+    classifier, whose outputs are the classes). ``rounds`` > 1: in that many rounds of the
+    ``schedule`` (cubic or linear), each followed by recovery."""
 
     structured = True
 
     def __init__(self, ratio: float = 0.5, target: str = "flops", importance: str = "l1", scope: str = "uniform",
-                 keep_dense=("last",), round_to: int | None = None, normalizer: str = "mean") -> None:
+                 keep_dense=("last",), round_to: int | None = None, normalizer: str = "mean", rounds: int = 1,
+                 schedule: str = "cubic") -> None:
         super().__init__(check_ratio(ratio, f"the fraction of the {target} removed"), keep_dense)
         check_choice("pruning.target", target, TARGETS)
         check_choice("pruning.importance", importance, sorted(IMPORTANCE))
@@ -62,7 +66,11 @@ class Structured(Pruner):
               f"pruning.round_to={round_to!r} must be null or a whole number of channels >= 1.")
         self.target, self.importance, self.scope, self.round_to = target, importance, scope, round_to
         self.normalizer = normalizer
+        self._rounds, self.schedule = round_ratios(self.ratio, rounds, schedule), schedule
         self.found: dict = {}
+
+    def rounds(self) -> list[float]:
+        return self._rounds
 
     def validate(self, model, example):
         """Prune a copy of the (untrained) architecture: a target that cannot be reached is refused
@@ -77,6 +85,8 @@ class Structured(Pruner):
 
     def __call__(self, model, example=None, ratio=None):
         check(example is not None, "pruning=structured needs an example input to trace the network.")
+        # a later round of the schedule gets the network the round before left: (1 - done) of the target
+        done = 0.0 if ratio is None else max((r for r in self._rounds if r < ratio - 1e-9), default=0.0)
         ratio = self.ratio if ratio is None else ratio
         was_training = model.training
         model.to(memory_format=torch.contiguous_format).eval()  # tracing must not touch BatchNorm statistics
@@ -91,7 +101,8 @@ class Structured(Pruner):
         except Exception as err:  # torch-pruning cannot trace every custom forward
             raise DfkdError(f"pruning=structured could not trace the model's layers ({type(err).__name__}: {err}); "
                             f"use unstructured pruning (pruning=magnitude) or pruning=nm for this model.") from err
-        before = count(model, example, self.target)
+        now = count(model, example, self.target)
+        before = self.found.get("before", now / (1 - done)) if done else now  # the teacher's
         goal = (1 - ratio) * before
         for _ in range(STEPS):
             if count(model, example, self.target) <= goal:
@@ -116,14 +127,19 @@ class Structured(Pruner):
         return sparsity(model)["overall"]
 
     def describe(self) -> str:
+        rounds = f" in {len(self._rounds)} {self.schedule} rounds" if len(self._rounds) > 1 else ""
         if self.found:
-            return f"{self.found['removed']:.1%} of the {self.target} removed, channels by {self.importance}"
-        return f"{self.ratio:.0%} of the {self.target}, channels by {self.importance}"
+            return f"{self.found['removed']:.1%} of the {self.target} removed{rounds}, channels by {self.importance}"
+        return f"{self.ratio:.0%} of the {self.target}{rounds}, channels by {self.importance}"
 
     def settings(self) -> dict:
         ranked = self.importance if self.scope == "uniform" else f"{self.importance} global"
         if self.normalizer != "mean":
             ranked += f" {self.normalizer}"
+        rounds = {}
+        if len(self._rounds) > 1:
+            ranked += f" {len(self._rounds)}x{self.schedule}"
+            rounds = {"pruning_rounds": [round(r, 4) for r in self._rounds]}
         return {"pruning_ratio": self.ratio, "pruning_method": f"structured {ranked}",
                 "pruning_scope": self.scope, "pruning_normalizer": self.normalizer, "pruning_target": self.target,
-                "pruning_keep_dense": self.keep_dense}
+                "pruning_keep_dense": self.keep_dense, **rounds}

@@ -16,11 +16,10 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from dfkd.errors import check, check_choice
-from dfkd.pruning.common import Pruner, check_no_layer_removed, check_ratio, make_permanent, targets
+from dfkd.pruning.common import Pruner, check_no_layer_removed, check_ratio, make_permanent, round_ratios, targets
 
 CRITERIA = {"l1": tprune.L1Unstructured, "random": tprune.RandomUnstructured}
 SCOPES = ("global", "layer", "lamp")
-SCHEDULES = ("cubic", "linear")
 
 
 def prune(model: nn.Module, ratio: float, method: str = "l1", scope: str = "lamp", keep_dense=()) -> nn.Module:
@@ -101,15 +100,11 @@ class Iterative(Unstructured):
         check(method == "l1", f"pruning=iterative needs pruning.method=l1 (got {method!r}): random re-pruning "
               f"would bring pruned weights back.")
         super().__init__(ratio, method, scope, keep_dense)
-        check(isinstance(rounds, int) and rounds >= 1, f"pruning.rounds={rounds!r} must be a whole number >= 1.")
-        check_choice("pruning.schedule", schedule, SCHEDULES)
+        self._rounds = round_ratios(self.ratio, rounds, schedule)
         self.n_rounds, self.schedule = rounds, schedule
 
     def rounds(self) -> list[float]:
-        k = self.n_rounds
-        if self.schedule == "linear":
-            return [self.ratio * (i + 1) / k for i in range(k)]
-        return [self.ratio * (1 - (1 - (i + 1) / k) ** 3) for i in range(k)]
+        return self._rounds
 
     def __call__(self, model, example=None, ratio=None):
         return super().__call__(make_permanent(model), example, ratio)
