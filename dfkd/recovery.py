@@ -86,7 +86,7 @@ class Recovery:
                 "recovery_loss": self.loss}
 
     def with_steps(self, steps: int) -> Recovery:
-        """The same recovery with a budget of ``steps`` (a round of iterative pruning)."""
+        """The same recovery with a budget of ``steps`` (a round of pruning in rounds)."""
         clone = copy.copy(self)
         clone.steps = int(steps)
         return clone

@@ -110,8 +110,8 @@ def run(cfg: DictConfig) -> dict:
 
 
 class Stages:
-    """Prune, then recover, once or in the rounds of an iterative schedule (pruning=iterative),
-    which share recovery.steps. A round's student is kept in RUN_DIR/round_K/student.pt, so a
+    """Prune, then recover, once or in the rounds of a schedule (pruning=iterative, or
+    pruning=structured with pruning.rounds), which share recovery.steps. A round's student is kept in RUN_DIR/round_K/student.pt, so a
     resumed run starts from the first unfinished round."""
 
     def __init__(self, cfg: DictConfig, teacher, data, judge: Judge, logger, out: Path, times: Stopwatch) -> None:
@@ -119,8 +119,8 @@ class Stages:
         self.logger, self.out, self.times = logger, out, times
 
     def prune_and_recover(self, prune, recovery, real_data: bool = True):
-        """The student, its figures right after (the first) pruning, the recovery's summary, and
-        each round's figures (one round for one-shot pruning)."""
+        """The student, its figures right after pruning (the last round's, which its last recovery
+        starts from), the recovery's summary, and each round's figures (none for one-shot pruning)."""
         ratios, example = prune.rounds(), torch.zeros(1, *self.data.image_shape)
         student, rounds, pruned, synthesis = copy.deepcopy(self.teacher).requires_grad_(True).train(), [], None, {}
         for k, ratio in enumerate(ratios):
@@ -133,13 +133,14 @@ class Stages:
             log.info("Pruned (%s%s), %.2f%% of the weights zero: %s", prune.describe(),
                      "" if len(ratios) == 1 else f", round {k + 1} of {len(ratios)}: {ratio:.1%}", 100 * found["sparsity"],
                      headline(found))
-            pruned = pruned or found
+            pruned = found  # the student the last round's recovery starts from
             steps = recovery.steps // len(ratios) + (recovery.steps % len(ratios) if final else 0)
             folder = self.out if final else self.out / f"round_{k + 1}"
             with self.times("recover"):
                 synthesis = self.recover_round(recovery.with_steps(steps), student, folder, final, real_data)
             if len(ratios) > 1:
-                rounds.append({"ratio": ratio, "steps": steps, "pruned": found})
+                removed = {"removed": prune.found["removed"]} if prune.structured else {}  # of the teacher's FLOPs
+                rounds.append({"ratio": ratio, "steps": steps, **removed, "pruned": found})
             if not final:
                 with self.times("evaluate"):
                     rounds[-1]["recovered"] = self.judge(student, self.teacher, validation=True)

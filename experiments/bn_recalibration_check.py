@@ -4,9 +4,11 @@ run's own pool of dreams without augmentation, and scores each on the validation
 
     .venv/bin/python experiments/bn_recalibration_check.py outputs/bench/cifar10_structured_levers/cutmix_steps6000
 
-RUN_DIR is a finished run of `python -m dfkd.run` with a validation split (`data.val_size`) and its
-`synthetic_pool.pt`; the teacher comes from the cache and the student is pruned again as the run
-pruned it (deterministic), then its saved weights are loaded. About a minute on 2 cores.
+RUN_DIR is a finished one-shot run of `python -m dfkd.run` with a validation split (`data.val_size`)
+and its `synthetic_pool.pt`; the teacher comes from the cache and the student is pruned again as
+the run pruned it (deterministic), then its saved weights are loaded. 40 batches of 128 each, drawn
+with a fixed seed: real images with the random crops and flips the teacher trained with, dreams
+as the pool holds them. About a minute on 2 cores.
 """
 
 from __future__ import annotations
@@ -44,17 +46,18 @@ def main(run: Path) -> None:
     overrides = list(OmegaConf.load(run / ".hydra" / "overrides.yaml"))
     cfg = compose_config(overrides + [f"paths.output_dir={run}"])
     data, _, prune, _ = check_settings(cfg)
+    if len(prune.rounds()) > 1:
+        sys.exit(f"{run} pruned in rounds; this check rebuilds one-shot students only.")
     data.setup()
     cache = cache_file(cfg.paths.cache_dir, cfg.model, cfg.data, cfg.teacher, cfg.trainer)
     teacher = load_weights(build_model(cfg.model, cfg.teacher.seed), cache).eval()
-    student = copy.deepcopy(teacher)
-    for ratio in prune.rounds():  # the run's channel counts (one round for one-shot pruning)
-        student = prune(student, torch.zeros(1, *data.image_shape), ratio=ratio)
+    student = prune(copy.deepcopy(teacher), torch.zeros(1, *data.image_shape), ratio=prune.ratio)
     student.load_state_dict(torch.load(run / "student.pt", map_location="cpu", weights_only=True))
     student.eval()
     generator = torch.Generator().manual_seed(0)
     train = data.train_set  # the train split less the validation images
     images = train.dataset.tensors[0][torch.as_tensor(train.indices)]
+    torch.manual_seed(0)  # the crops and flips of model_input(train=True)
     real = [data.model_input(images[torch.randint(len(images), (BATCH,), generator=generator)], train=True)
             for _ in range(BATCHES)]
     pool = torch.load(run / "synthetic_pool.pt", map_location="cpu")["images"]

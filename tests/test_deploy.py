@@ -118,6 +118,8 @@ def test_structured_pruning_in_rounds_resumes_with_the_thinner_round(make_cfg, t
     results = run(make_cfg(*settings))
     assert [r["ratio"] for r in results["pruning"]["rounds"]] == pytest.approx([0.25, 0.5])
     assert 0.5 - 1e-3 <= results["pruning"]["removed"] < 0.55  # of the teacher's FLOPs, not of round 1's
+    assert results["pruning"]["rounds"][0]["removed"] < results["pruning"]["rounds"][1]["removed"]
+    assert results["pruned"] == results["pruning"]["rounds"][1]["pruned"]  # where the last recovery started
     assert results["deployment"]["flops_ratio"] == pytest.approx(1 - results["pruning"]["removed"])
     # interrupted after the first round: its thinner student is loaded into the re-pruned network
     (tmp_path / "results.json").unlink()
@@ -125,6 +127,8 @@ def test_structured_pruning_in_rounds_resumes_with_the_thinner_round(make_cfg, t
         again = run(make_cfg(*settings, f"resume={tmp_path}"))
     assert f"Round kept from {tmp_path / 'round_1' / 'student.pt'}" in caplog.text
     assert again["pruning"]["rounds"][0]["recovered"] == results["pruning"]["rounds"][0]["recovered"]
+    assert again["pruning"]["channels"] == results["pruning"]["channels"]
+    assert again["pruning"]["removed"] == results["pruning"]["removed"]
 
 
 def test_more_rounds_than_steps_are_refused(make_cfg):

@@ -290,9 +290,14 @@ def test_structured_rounds_reach_the_ratio_of_the_whole_network():
     model = pruner(model, example, ratio=0.5)  # the second round gets the first round's network
     assert 0.45 * before <= _flops(model, (1, 8, 8)) <= 0.5 * before * 1.001  # not half of what was left
     assert pruner.found["before"] == before and 0.5 - 1e-3 <= pruner.found["removed"] <= 0.55
-    torch.manual_seed(0)
-    pruner(DigitsCNN(width=32), example)  # no ratio given: one shot from the whole network
+    assert pruner.describe().startswith(f"{pruner.found['removed']:.1%} of the flops removed")
+    assert pruner.settings()["pruning_rounds"] == pytest.approx([0.25, 0.5])
+    other = DigitsCNN(width=16)  # no ratio given: one shot from the whole of another network
+    pruner(other, example)
+    assert pruner.found["before"] == _flops(DigitsCNN(width=16), (1, 8, 8))
     assert 0.5 - 1e-3 <= pruner.found["removed"] <= 0.55
+    with pytest.raises(DfkdError, match=r"round 2 of 2 before round 1"):
+        pruning.Structured(0.5, rounds=2, schedule="linear")(DigitsCNN(width=32), example, ratio=0.5)
     with pytest.raises(DfkdError, match=r"pruning\.rounds=0"):
         pruning.Structured(0.5, rounds=0)
 

@@ -5,6 +5,7 @@ its conf/pruning/*.yaml:
     iterative          Iterative     the same by magnitude, in rounds with recovery after each
     nm                 NM            N:M semi-structured (2:4 by default): what GPU sparse cores run
     structured         Structured    whole channels, with torch-pruning: a genuinely smaller network
+                                     (in rounds with recovery after each: pruning.rounds)
 """
 
 from dfkd.pruning.common import Pruner, is_masked, make_permanent, prunable, sparsity

@@ -105,13 +105,25 @@ class Pruner:
     """The interface conf/pruning/*.yaml build (``_target_``): refuse bad settings when built,
     check them on the architecture before any work (``validate``), prune a model in place
     (``__call__``), and check after recovery that the pattern is still there (``check_kept``).
-    ``rounds`` are the ratios an iterative schedule passes through (one for one-shot)."""
+    ``rounds`` are the ratios a schedule of prune-recover rounds passes through (one for one-shot)."""
 
     structured = False  # True: the student is a smaller network, not a masked copy of the teacher
 
     def __init__(self, ratio: float = 0.9, keep_dense=()) -> None:
         self.ratio = check_ratio(ratio)
         self.keep_dense = list(keep_dense or [])
+        self.in_rounds(1)
+
+    def in_rounds(self, rounds: int, schedule: str = "cubic") -> None:
+        """Reach ``ratio`` in ``rounds`` prune-recover rounds of the ``schedule`` (pruning.rounds,
+        pruning.schedule)."""
+        self._rounds, self.schedule = round_ratios(self.ratio, rounds, schedule), schedule
+
+    def rounds_label(self) -> str:
+        return f"{len(self._rounds)}x{self.schedule}"
+
+    def rounds_settings(self) -> dict:
+        return {"pruning_rounds": [round(r, 4) for r in self._rounds]}
 
     def validate(self, model: nn.Module, example: torch.Tensor) -> None:
         """Refuse what cannot work on this (untrained) architecture."""
@@ -121,7 +133,7 @@ class Pruner:
         raise NotImplementedError
 
     def rounds(self) -> list[float]:
-        return [self.ratio]
+        return self._rounds
 
     def pruned_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         return targets(model, self.keep_dense)

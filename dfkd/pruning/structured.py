@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfkd.errors import DfkdError, check, check_choice
-from dfkd.pruning.common import Pruner, check_ratio, dense_names, prunable, round_ratios, sparsity, undone
+from dfkd.pruning.common import Pruner, check_ratio, dense_names, prunable, sparsity, undone
 
 IMPORTANCE = {"l1": lambda normalizer: tp.importance.MagnitudeImportance(p=1, normalizer=normalizer),
               "l2": lambda normalizer: tp.importance.MagnitudeImportance(p=2, normalizer=normalizer),
@@ -31,7 +31,7 @@ SCOPES = ("uniform", "global")
 NORMALIZERS = ("mean", "max", "sum", "lamp", "gaussian", "standarization")  # torch-pruning's names
 TARGETS = ("flops", "params")
 STEPS = 100  # channels leave in steps of 1% of each layer's width, until the target is met
-MAX_CHANNEL_RATIO = 0.95  # no layer loses more than this share of its channels
+MAX_CHANNEL_RATIO = 0.95  # no layer loses more than this share of its channels (in one round)
 
 
 def count(model: nn.Module, example: torch.Tensor, what: str) -> int:
@@ -66,11 +66,9 @@ class Structured(Pruner):
               f"pruning.round_to={round_to!r} must be null or a whole number of channels >= 1.")
         self.target, self.importance, self.scope, self.round_to = target, importance, scope, round_to
         self.normalizer = normalizer
-        self._rounds, self.schedule = round_ratios(self.ratio, rounds, schedule), schedule
+        self.in_rounds(rounds, schedule)
+        self.reference: int | None = None  # the whole network's FLOPs or parameters, which every round's ratio is of
         self.found: dict = {}
-
-    def rounds(self) -> list[float]:
-        return self._rounds
 
     def validate(self, model, example):
         """Prune a copy of the (untrained) architecture: a target that cannot be reached is refused
@@ -85,8 +83,12 @@ class Structured(Pruner):
 
     def __call__(self, model, example=None, ratio=None):
         check(example is not None, "pruning=structured needs an example input to trace the network.")
-        # a later round of the schedule gets the network the round before left: (1 - done) of the target
-        done = 0.0 if ratio is None else max((r for r in self._rounds if r < ratio - 1e-9), default=0.0)
+        # a later round of the schedule gets the network the round before left; its ratio, like every
+        # round's, is of the whole network, counted when the first round (or a one-shot call) got it
+        later = ratio is not None and any(abs(ratio - r) < 1e-9 for r in self._rounds[1:])
+        if later and self.reference is None:
+            raise DfkdError(f"pruning=structured was asked for round {self._round(ratio)} of {len(self._rounds)} "
+                            f"before round 1 counted the whole network's {self.target}: prune the rounds in order.")
         ratio = self.ratio if ratio is None else ratio
         was_training = model.training
         model.to(memory_format=torch.contiguous_format).eval()  # tracing must not touch BatchNorm statistics
@@ -101,8 +103,9 @@ class Structured(Pruner):
         except Exception as err:  # torch-pruning cannot trace every custom forward
             raise DfkdError(f"pruning=structured could not trace the model's layers ({type(err).__name__}: {err}); "
                             f"use unstructured pruning (pruning=magnitude) or pruning=nm for this model.") from err
-        now = count(model, example, self.target)
-        before = self.found.get("before", now / (1 - done)) if done else now  # the teacher's
+        if not later:
+            self.reference = count(model, example, self.target)
+        before = self.reference
         goal = (1 - ratio) * before
         for _ in range(STEPS):
             if count(model, example, self.target) <= goal:
@@ -111,13 +114,19 @@ class Structured(Pruner):
         after = count(model, example, self.target)
         model.train(was_training)
         if after > goal * 1.001:
-            raise DfkdError(f"pruning=structured cannot remove {100 * ratio:g}% of the {self.target} (pruning.ratio={ratio}) "
+            where = (f"pruning.ratio={ratio}" if len(self._rounds) == 1 else
+                     f"round {self._round(ratio)} of {len(self._rounds)} on the way to pruning.ratio={self.ratio}")
+            raise DfkdError(f"pruning=structured cannot remove {100 * ratio:.3g}% of the {self.target} ({where}) "
                             f"without removing whole layers: it reached {1 - after / before:.0%} with every pruned "
-                            f"layer at {1 - MAX_CHANNEL_RATIO:.0%} of its channels. Lower pruning.ratio, or leave "
-                            f"fewer layers dense (pruning.keep_dense).")
+                            f"layer at {1 - MAX_CHANNEL_RATIO:.0%} of the channels it had when the round began. Lower "
+                            f"pruning.ratio, or leave fewer layers dense (pruning.keep_dense).")
         self.found = {"before": before, "after": after, "removed": 1 - after / before,
                       "channels": {n: int(m.weight.shape[0]) for n, m in prunable(model)}}
         return model
+
+    def _round(self, ratio: float) -> int:
+        """Which round of the schedule ``ratio`` is (1-based)."""
+        return 1 + min(range(len(self._rounds)), key=lambda k: abs(self._rounds[k] - ratio))
 
     def check_kept(self, model):
         """The student still has the pruned channel counts; returns the share of its zero weights."""
@@ -127,9 +136,9 @@ class Structured(Pruner):
         return sparsity(model)["overall"]
 
     def describe(self) -> str:
-        rounds = f" in {len(self._rounds)} {self.schedule} rounds" if len(self._rounds) > 1 else ""
         if self.found:
-            return f"{self.found['removed']:.1%} of the {self.target} removed{rounds}, channels by {self.importance}"
+            return f"{self.found['removed']:.1%} of the {self.target} removed, channels by {self.importance}"
+        rounds = f" in {len(self._rounds)} {self.schedule} rounds" if len(self._rounds) > 1 else ""
         return f"{self.ratio:.0%} of the {self.target}{rounds}, channels by {self.importance}"
 
     def settings(self) -> dict:
@@ -138,8 +147,8 @@ class Structured(Pruner):
             ranked += f" {self.normalizer}"
         rounds = {}
         if len(self._rounds) > 1:
-            ranked += f" {len(self._rounds)}x{self.schedule}"
-            rounds = {"pruning_rounds": [round(r, 4) for r in self._rounds]}
+            ranked += f" {self.rounds_label()}"
+            rounds = self.rounds_settings()
         return {"pruning_ratio": self.ratio, "pruning_method": f"structured {ranked}",
                 "pruning_scope": self.scope, "pruning_normalizer": self.normalizer, "pruning_target": self.target,
                 "pruning_keep_dense": self.keep_dense, **rounds}

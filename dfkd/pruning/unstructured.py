@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from dfkd.errors import check, check_choice
-from dfkd.pruning.common import Pruner, check_no_layer_removed, check_ratio, make_permanent, round_ratios, targets
+from dfkd.pruning.common import Pruner, check_no_layer_removed, check_ratio, make_permanent, targets
 
 CRITERIA = {"l1": tprune.L1Unstructured, "random": tprune.RandomUnstructured}
 SCOPES = ("global", "layer", "lamp")
@@ -100,18 +100,14 @@ class Iterative(Unstructured):
         check(method == "l1", f"pruning=iterative needs pruning.method=l1 (got {method!r}): random re-pruning "
               f"would bring pruned weights back.")
         super().__init__(ratio, method, scope, keep_dense)
-        self._rounds = round_ratios(self.ratio, rounds, schedule)
-        self.n_rounds, self.schedule = rounds, schedule
-
-    def rounds(self) -> list[float]:
-        return self._rounds
+        self.in_rounds(rounds, schedule)
 
     def __call__(self, model, example=None, ratio=None):
         return super().__call__(make_permanent(model), example, ratio)
 
     def describe(self) -> str:
-        return f"{self.ratio:.0%} {self.label()} in {self.n_rounds} {self.schedule} rounds"
+        return f"{self.ratio:.0%} {self.label()} in {len(self.rounds())} {self.schedule} rounds"
 
     def settings(self) -> dict:
-        return {**super().settings(), "pruning_method": f"{self.label()} {self.n_rounds}x{self.schedule}",
-                "pruning_rounds": [round(r, 4) for r in self.rounds()]}
+        return {**super().settings(), "pruning_method": f"{self.label()} {self.rounds_label()}",
+                **self.rounds_settings()}
