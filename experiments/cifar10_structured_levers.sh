@@ -25,11 +25,11 @@
 #   cutmix_steps3000_pool16k: cutmix_steps3000 with a pool that keeps every dream of the run
 #                     (recovery.pool.size=16384; 4,096 by default: the last 32 batches)
 #   cutmix_steps3000_wd5e-4: cutmix_steps3000 with weight decay 5e-4 in KD
-#                     (recovery.optimizer.weight_decay=5e-4, the usual value for training CIFAR ResNets)
+#                     (recovery.optimizer.weight_decay=5e-4, the usual value for training CIFAR ResNets; not run yet)
 #   cutmix_steps3000_rounds3: cutmix_steps3000 reached in 3 linear prune-recover rounds (17%, 33%,
 #                     50% of the FLOPs, 1,000 KD steps each: pruning.rounds=3 pruning.schedule=linear)
 #   cutmix_steps3000_keep_first: cutmix_steps3000 with the first conv kept whole
-#                     (pruning.keep_dense=[first,last]; the other layers lose more to reach 50%)
+#                     (pruning.keep_dense=[first,last]; the other layers lose more to reach 50%; not run yet)
 #   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 45 minutes)
 #   cutmix_steps3000_adv1: cutmix_steps3000 with the adversarial (competition) term at weight 1:
 #                     dreams pushed to where student and teacher disagree (about 25 minutes)
