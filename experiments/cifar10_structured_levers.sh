@@ -83,6 +83,8 @@ for path in [Path(sys.argv[2]) / "results.json", *Path(sys.argv[1]).glob("*/resu
     if not path.is_file():
         continue
     r = json.loads(path.read_text()); c = r["config"]
+    if r.get("pruning", {}).get("rounds"):  # pruned %: the last round's student (an older results.json has round 1's)
+        r["pruned"] = r["pruning"]["rounds"][-1]["pruned"]
     name = "dream_kd (defaults)" if path.parent == Path(sys.argv[2]) else path.parent.name
     rows[name] = (f"| {name} | {c['pruning_method']} {c['pruning_scope']} | {c['recovery']} | {c['recovery_steps']} | "
                   f"{100 * r['teacher']['acc']:.2f} | {100 * r['pruned']['acc']:.2f} | {100 * r['recovered']['val_acc']:.2f} | "
