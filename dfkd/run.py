@@ -111,8 +111,8 @@ def run(cfg: DictConfig) -> dict:
 
 class Stages:
     """Prune, then recover, once or in the rounds of a schedule (pruning=iterative, or
-    pruning=structured with pruning.rounds), which share recovery.steps. A round's student is kept in RUN_DIR/round_K/student.pt, so a
-    resumed run starts from the first unfinished round."""
+    pruning=structured with pruning.rounds), which share recovery.steps. A round's student is kept
+    in RUN_DIR/round_K/student.pt, so a resumed run starts from the first unfinished round."""
 
     def __init__(self, cfg: DictConfig, teacher, data, judge: Judge, logger, out: Path, times: Stopwatch) -> None:
         self.cfg, self.teacher, self.data, self.judge = cfg, teacher, data, judge
@@ -139,7 +139,7 @@ class Stages:
             with self.times("recover"):
                 synthesis = self.recover_round(recovery.with_steps(steps), student, folder, final, real_data)
             if len(ratios) > 1:
-                removed = {"removed": prune.found["removed"]} if prune.structured else {}  # of the teacher's FLOPs
+                removed = {"removed": prune.found["removed"]} if prune.structured else {}  # of the teacher's count
                 rounds.append({"ratio": ratio, "steps": steps, **removed, "pruned": found})
             if not final:
                 with self.times("evaluate"):
