@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from dfkd.config import compose_config
 from dfkd.evaluate import evaluate
+from dfkd.modules import recalibrate_batchnorm
 from dfkd.run import check_settings
 from dfkd.teacher import build_model, cache_file, load_weights
 
@@ -29,16 +30,10 @@ BATCHES, BATCH = 40, 128
 
 
 def recalibrated(model: torch.nn.Module, batches: list[torch.Tensor]) -> torch.nn.Module:
-    """A copy whose BatchNorm running statistics are the plain average over ``batches``."""
+    """A copy whose BatchNorm running statistics are the plain average over ``batches`` (what
+    `recovery.student_bn=recalibrate` does after KD)."""
     model = copy.deepcopy(model)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average
-    model.train()
-    with torch.no_grad():
-        for x in batches:
-            model(x)
+    recalibrate_batchnorm(model, batches)
     return model.eval()
 
 
