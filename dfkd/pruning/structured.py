@@ -67,8 +67,7 @@ class Structured(Pruner):
         self.target, self.importance, self.scope, self.round_to = target, importance, scope, round_to
         self.normalizer = normalizer
         self.in_rounds(rounds, schedule)
-        self.reference: int | None = None  # the whole network's FLOPs or parameters, which every round's ratio is of
-        self.found: dict = {}
+        self.found: dict = {}  # the last call's: "before" is the whole network's count, which every round's ratio is of
 
     def validate(self, model, example):
         """Prune a copy of the (untrained) architecture: a target that cannot be reached is refused
@@ -86,7 +85,7 @@ class Structured(Pruner):
         # a later round of the schedule gets the network the round before left; its ratio, like every
         # round's, is of the whole network, counted when the first round (or a one-shot call) got it
         later = ratio is not None and any(abs(ratio - r) < 1e-9 for r in self._rounds[1:])
-        if later and self.reference is None:
+        if later and not self.found:
             raise DfkdError(f"pruning=structured was asked for round {self._round(ratio)} of {len(self._rounds)} "
                             f"before round 1 counted the whole network's {self.target}: prune the rounds in order.")
         ratio = self.ratio if ratio is None else ratio
@@ -103,9 +102,7 @@ class Structured(Pruner):
         except Exception as err:  # torch-pruning cannot trace every custom forward
             raise DfkdError(f"pruning=structured could not trace the model's layers ({type(err).__name__}: {err}); "
                             f"use unstructured pruning (pruning=magnitude) or pruning=nm for this model.") from err
-        if not later:
-            self.reference = count(model, example, self.target)
-        before = self.reference
+        before = self.found["before"] if later else count(model, example, self.target)
         goal = (1 - ratio) * before
         for _ in range(STEPS):
             if count(model, example, self.target) <= goal:
