@@ -215,6 +215,33 @@ def test_fast_reset_input_layer_restarts_the_input_layer_for_each_new_batch(digi
     assert moved.abs().mean() > 10 * (plain[3].project.weight - plain[2]).abs().mean()
 
 
+def test_fast_generators_take_turns_each_warmed_up_once_and_resumed(digits_teacher):
+    """``generators=K``: K generators dream the batches in turn, each with its own warm-up on its
+    first batch and its own meta-learned weights after; generator 1 is the single generator of the
+    default (same first batch); a checkpoint keeps them all and refuses a different K."""
+    teacher, data = digits_teacher
+    single = _synth(teacher, data, cls=FastSynthesizer, warmup_steps=4, g_steps=1)
+    several = _synth(teacher, data, cls=FastSynthesizer, warmup_steps=4, g_steps=1, generators=2)
+    steps, batches = [], []
+    for _ in range(4):
+        batches.append(several.synthesize(16)[0])
+        steps.append(several.stats["synthesis/g_steps"])
+    assert steps == [4, 4, 1, 1]  # two warm-ups, then the few steps of a later batch
+    assert torch.equal(batches[0], single.synthesize(16)[0])
+    assert not torch.allclose(batches[1], single.synthesize(16)[0])  # another generator's dreams
+    first, second = (dict(g.named_parameters()) for g in several.generators)
+    assert not torch.allclose(first["project.weight"], second["project.weight"])
+    resumed = _synth(teacher, data, cls=FastSynthesizer, warmup_steps=4, g_steps=1, generators=2)
+    resumed.load_state_dict(several.state_dict())
+    assert resumed.batches == 4 and not resumed.first_batch
+    assert all(torch.equal(a, b) for g, h in zip(resumed.generators, several.generators)
+               for a, b in zip(g.state_dict().values(), h.state_dict().values()))
+    with pytest.raises(DfkdError, match=r"synthesis\.synthesizer\.generators=1"):
+        single.load_state_dict(several.state_dict())
+    with pytest.raises(DfkdError, match=r"synthesis\.synthesizer\.generators=0"):
+        _synth(teacher, data, cls=FastSynthesizer, generators=0)
+
+
 @pytest.mark.slow  # two warm-ups of 200 generator steps: about 25 s
 def test_fast_warmup_with_fresh_latents_dreams_from_codes_it_was_not_fitted_to(digits_teacher):
     """``warmup_latents=fresh``: the warm-up redraws the latent codes every g_steps steps, so the

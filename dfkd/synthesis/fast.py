@@ -73,7 +73,7 @@ class FastSynthesizer(DeepInversion):
                  g_steps: int = 5, warmup_steps: int = 200, lr_generator: float = 1e-2,
                  lr_latent: float = 5e-2, meta_lr: float = 0.5, latent_dim: int = 64,
                  generator_width: int | None = None, reset_input_layer: bool = False,
-                 warmup_latents: str = "fixed", **loss_settings) -> None:
+                 warmup_latents: str = "fixed", generators: int = 1, **loss_settings) -> None:
         loss_settings.setdefault("lr", lr_latent)
         super().__init__(teacher, image_shape, num_classes, pixel_bounds, seed, **loss_settings)
         check(int(g_steps) >= 1 and int(warmup_steps) >= 1,
@@ -84,21 +84,41 @@ class FastSynthesizer(DeepInversion):
         self.warmup_latents = warmup_latents
         self.lr_generator, self.lr_latent, self.meta_lr = float(lr_generator), float(lr_latent), float(meta_lr)
         self.latent_dim, self.reset_input_layer = int(latent_dim), bool(reset_input_layer)
+        check(isinstance(generators, int) and generators >= 1,
+              f"synthesis.synthesizer.generators={generators!r} must be a whole number >= 1: how many "
+              f"generators take turns dreaming the batches.")
         if generator_width is None:  # as wide as the teacher's first layer
             generator_width = batchnorm_layers(teacher)[0].num_features
         state = torch.random.get_rng_state()
-        torch.manual_seed(seed)  # the generator's initial weights follow the synthesis seed
-        self.meta = Generator(image_shape, num_classes, latent_dim, int(generator_width))
+        self.generators = []
+        for k in range(generators):
+            torch.manual_seed(seed + k)  # the generators' initial weights follow the synthesis seed
+            self.generators.append(Generator(image_shape, num_classes, latent_dim, int(generator_width)))
         torch.random.set_rng_state(state)
         self.batches = 0
 
+    @property
+    def meta(self) -> Generator:
+        """The meta-learned generator whose turn it is to dream the next batch."""
+        return self.generators[self.batches % len(self.generators)]
+
+    @property
+    def first_batch(self) -> bool:
+        """The next batch is the turn generator's first: its long warm-up, from scratch."""
+        return self.batches < len(self.generators)
+
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "meta": {k: v.cpu() for k, v in self.meta.state_dict().items()},
-                "batches": self.batches}
+        weights = [{k: v.cpu() for k, v in g.state_dict().items()} for g in self.generators]
+        return {**super().state_dict(), "meta": weights[0], "more_generators": weights[1:], "batches": self.batches}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.meta.load_state_dict(state["meta"])
+        more = state.get("more_generators", [])
+        check(len(more) == len(self.generators) - 1,
+              f"The checkpoint's synthesizer has {len(more) + 1} generator(s) and this run's "
+              f"synthesis.synthesizer.generators={len(self.generators)}: resume with the setting it was made with.")
+        for generator, weights in zip(self.generators, [state["meta"], *more]):
+            generator.load_state_dict(weights)
         self.batches = state["batches"]
 
     def reset_project(self) -> None:
@@ -119,7 +139,7 @@ class FastSynthesizer(DeepInversion):
     def redraws_latents_before(self, step: int, steps: int) -> bool:
         """During a fresh warm-up, new codes start every g_steps steps while a whole chunk of g_steps
         is left (so the last codes, the batch returned, get at least g_steps steps, as later ones do)."""
-        return (self.batches == 0 and self.warmup_latents == "fresh" and step > 1
+        return (self.first_batch and self.warmup_latents == "fresh" and step > 1
                 and (step - 1) % self.g_steps == 0 and step + self.g_steps - 1 <= steps)
 
     def render(self, generator: Generator, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -135,12 +155,13 @@ class FastSynthesizer(DeepInversion):
         targets = self.balanced_targets(n).to(device)
         aims = self.mixed_targets(targets)
         z = self.latents(n).requires_grad_(True)
-        if self.reset_input_layer and self.batches > 0:
+        if self.reset_input_layer and not self.first_batch:
             self.reset_project()
         adapted = copy.deepcopy(self.meta).train()
         optimizer = torch.optim.Adam([{"params": adapted.parameters(), "lr": self.lr_generator},
                                       {"params": [z], "lr": self.lr_latent}], betas=(0.5, 0.999))
-        steps = self.warmup_steps if self.batches == 0 else self.g_steps
+        first = self.first_batch
+        steps = self.warmup_steps if first else self.g_steps
         with torch.enable_grad(), temporarily_frozen(self.student), self.bn_hooks() as hooks:
             for step in range(1, steps + 1):
                 if self.redraws_latents_before(step, steps):
@@ -151,13 +172,14 @@ class FastSynthesizer(DeepInversion):
                 optimizer.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 optimizer.step()
-                if self.batches == 0 and step % max(steps // 4, 1) == 0:  # the long first batch
-                    log.info("synthesis warm-up: generator step %d/%d, loss %.3f (%.0f s)", step, steps,
+                if first and step % max(steps // 4, 1) == 0:  # the long first batch
+                    which = f" {self.batches + 1} of {len(self.generators)}" if len(self.generators) > 1 else ""
+                    log.info("synthesis warm-up of generator%s: step %d/%d, loss %.3f (%.0f s)", which, step, steps,
                              terms["total"].item(), time.perf_counter() - start)
             self.remember_bn(hooks)
         with torch.no_grad():
             images = self.render(adapted.eval(), z, aims)
-            rate = 1.0 if self.batches == 0 else self.meta_lr
+            rate = 1.0 if first else self.meta_lr
             for meta, new in zip(self.meta.parameters(), adapted.parameters()):
                 meta.add_(rate * (new - meta))
             for meta, new in zip(self.meta.buffers(), adapted.buffers()):
