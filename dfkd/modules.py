@@ -4,6 +4,7 @@ distillation of a frozen teacher into a (pruned) student."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Iterable, Iterator
 
@@ -160,13 +161,19 @@ class NetModule(L.LightningModule):
     ``warmup_fraction`` of the steps, then a cosine to zero). ``channels_last``: the networks
     work in NHWC memory (what tensor cores prefer). ``bn_statistics``: "train" (the BatchNorm
     layers of ``net`` re-estimate their running statistics on the batches they see) or "frozen"
-    (they keep the ones they came with; their scale and shift still learn)."""
+    (they keep the ones they came with; their scale and shift still learn). ``anchor_weight``: the
+    loss gains anchor_weight / 2 x the squared distance of ``net``'s weights from the ones it came
+    with (L2-SP, Li et al., ICML 2018): training moves them only where the batches pay for it."""
 
     def __init__(self, net: nn.Module, num_classes: int, optimizer: OptimizerFactory,
-                 warmup_fraction: float = 0.0, channels_last: bool = False, bn_statistics: str = "train") -> None:
+                 warmup_fraction: float = 0.0, channels_last: bool = False, bn_statistics: str = "train",
+                 anchor_weight: float = 0.0) -> None:
         super().__init__()
         check(bn_statistics in ("train", "frozen"), f"bn_statistics={bn_statistics!r}: train or frozen.")
         self.net = net
+        self.anchor_weight = float(anchor_weight)
+        # the weights training starts from, frozen (a resumed run rebuilds them from the same start)
+        self.anchor = copy.deepcopy(net).requires_grad_(False) if self.anchor_weight else None
         self.optimizer_factory = optimizer
         self.warmup_fraction, self.channels_last = float(warmup_fraction), bool(channels_last)
         self.bn_statistics = bn_statistics
@@ -204,6 +211,15 @@ class NetModule(L.LightningModule):
                 f"diverged. Lower {setting}.optimizer.lr or set {setting}.gradient_clip_val "
                 f"(e.g. 2.0). {kept}")
 
+    def anchored(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` plus the anchor term (with ``anchor_weight`` > 0)."""
+        if self.anchor is None:
+            return loss
+        drift = sum((p - a).pow(2).sum() for p, a in zip(self.net.parameters(), self.anchor.parameters())
+                    if p.requires_grad)
+        self.log("train/drift", drift)
+        return loss + 0.5 * self.anchor_weight * drift
+
     def validation_step(self, batch, batch_idx):
         x, y = batch
         self.val_acc(self.net(x), y)
@@ -229,7 +245,7 @@ class ClassifierModule(NetModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self.net(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        loss = self.anchored(F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing))
         self.check_finite(loss, self.hparams.config_group)
         self.train_acc(logits, y)
         self.log_dict({"train/loss": loss, "train/acc": self.train_acc}, prog_bar=True)
@@ -289,6 +305,7 @@ class DistillModule(NetModule):
             loss = loss + self.hparams.feature_weight * features
         if self.hparams.ce_weight:
             loss = loss + self.hparams.ce_weight * F.cross_entropy(logits, teacher_logits.argmax(1))
+        loss = self.anchored(loss)
         self.check_finite(loss, "recovery")
         self.agreement(logits.argmax(1), teacher_logits.argmax(1))
         self.log_dict({"train/kd_loss": loss, "train/agreement": self.agreement}, prog_bar=True)

@@ -54,7 +54,7 @@ class Recovery:
                  warmup_fraction: float = 0.0,
                  val_every_n_steps: int = 50, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
                  student_bn: str = "train", feature_weight: float = 0.0, feature_layers: str = "penultimate",
-                 mix: str = "none", mix_alpha: float = 1.0, **synthetic_only) -> None:
+                 mix: str = "none", mix_alpha: float = 1.0, anchor_weight: float = 0.0, **synthetic_only) -> None:
         # An experiment file sets the pool for whichever method runs; real-data methods have none.
         unknown = sorted(set(synthetic_only) - {"synthesizer", "pool", "image_grid_every_n_steps"})
         check(not unknown, f"recovery.{unknown[0] if unknown else ''} is not a setting of recovery={name}.")
@@ -69,6 +69,8 @@ class Recovery:
         check(float(feature_weight) >= 0, f"recovery.feature_weight={feature_weight} must be >= 0 (0: logits only).")
         check_choice("recovery.feature_layers", feature_layers, FEATURE_LAYERS)
         check_mix(mix, mix_alpha)
+        check(float(anchor_weight) >= 0, f"recovery.anchor_weight={anchor_weight} must be >= 0 (0: no anchor).")
+        self.anchor_weight = float(anchor_weight)
         self.student_bn, self.mix, self.mix_alpha = student_bn, mix, float(mix_alpha)
         self.feature_weight, self.feature_layers = float(feature_weight), feature_layers
         self.name, self.steps, self.batch_size = name, int(steps), int(batch_size)
@@ -100,7 +102,8 @@ class Recovery:
 
     def schedule(self, channels_last: bool) -> dict:
         return {"warmup_fraction": self.warmup_fraction, "channels_last": channels_last,
-                "bn_statistics": "train" if self.student_bn == "train" else "frozen"}
+                "bn_statistics": "train" if self.student_bn == "train" else "frozen",
+                "anchor_weight": self.anchor_weight}
 
     def source(self, teacher: nn.Module, student: nn.Module, data: ImageDataModule, seed: int,
                out: Path, curve: bool = True) -> tuple[L.LightningDataModule, list[Callback]]:

@@ -1,3 +1,5 @@
+import copy
+
 import lightning as L
 import numpy as np
 import pytest
@@ -228,3 +230,24 @@ def test_kd_on_mixed_batches_shows_both_networks_the_mixed_images(make_cfg):
         assert (module.mixer.permutation(16) == first).all()  # the checkpointed stream goes on where it was
     with pytest.raises(DfkdError, match=r"recovery\.mix='cutout' is unknown"):
         DistillModule(teacher, student, 10, _sgd, mix="cutout")
+
+
+def test_the_anchor_keeps_the_student_near_the_weights_recovery_started_from():
+    """recovery.anchor_weight (L2-SP): after the same KD steps the student's weights are closer to
+    where they started with the anchor than without, the anchored copy itself never moves, and a
+    resumed module's anchor is its checkpoint's."""
+    torch.manual_seed(0)
+    teacher, start = DigitsCNN(width=4).eval(), DigitsCNN(width=4)
+
+    def drift(module):
+        return sum((p - q).pow(2).sum().item() for p, q in zip(module.net.parameters(), start.parameters()))
+
+    free = _distill_steps(copy.deepcopy(start), teacher, 16)
+    anchored = _distill_steps(copy.deepcopy(start), teacher, 16, anchor_weight=5.0)
+    assert drift(anchored) < 0.5 * drift(free), (drift(anchored), drift(free))
+    assert all(torch.equal(a, s) for a, s in zip(anchored.anchor.parameters(), start.parameters()))
+    assert not any(a.requires_grad for a in anchored.anchor.parameters())
+    assert free.anchor is None  # off by default: no copy kept
+    resumed = DistillModule(teacher, DigitsCNN(width=4), 10, _sgd, anchor_weight=5.0)
+    resumed.load_state_dict(anchored.state_dict())
+    assert all(torch.equal(a, s) for a, s in zip(resumed.anchor.parameters(), start.parameters()))
