@@ -32,6 +32,8 @@
 #                     (pruning.keep_dense=[first,last]; the other layers lose more to reach 50%; not run yet)
 #   cutmix_steps3000_gen4: cutmix_steps3000 with four generators dreaming the batches in turn, each
 #                     with its own seed and warm-up (synthesis.synthesizer.generators=4)
+#   cutmix_steps3000_anchor01: cutmix_steps3000 with the student's weights held near the pruned ones
+#                     (L2-SP: recovery.anchor_weight=0.01)
 #   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 45 minutes)
 #   cutmix_steps3000_adv1: cutmix_steps3000 with the adversarial (competition) term at weight 1:
 #                     dreams pushed to where student and teacher disagree (about 25 minutes)
@@ -65,6 +67,7 @@ declare -A extra=(
     [real_kd_cutmix_steps1000]="recovery=real_kd recovery.steps=1000 recovery.mix=cutmix"
     [cutmix_steps3000]="recovery.steps=3000 recovery.mix=cutmix"
     [cutmix_steps3000_gen4]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.generators=4"
+    [cutmix_steps3000_anchor01]="recovery.steps=3000 recovery.mix=cutmix recovery.anchor_weight=0.01"
     [cutmix_steps6000]="recovery.steps=6000 recovery.mix=cutmix"
     [cutmix_steps3000_adv1]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.competition_weight=1"
     [real_kd_cutmix_steps3000]="recovery=real_kd recovery.steps=3000 recovery.mix=cutmix")
