@@ -34,6 +34,8 @@
 #                     with its own seed and warm-up (synthesis.synthesizer.generators=4)
 #   cutmix_steps3000_anchor01: cutmix_steps3000 with the student's weights held near the pruned ones
 #                     (L2-SP: recovery.anchor_weight=0.01)
+#   cutmix_steps3000_seed1: cutmix_steps3000 again with seed=1 (the same teacher): how far one
+#                     seed's figures are from another's
 #   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 45 minutes)
 #   cutmix_steps3000_adv1: cutmix_steps3000 with the adversarial (competition) term at weight 1:
 #                     dreams pushed to where student and teacher disagree (about 25 minutes)
@@ -68,6 +70,7 @@ declare -A extra=(
     [cutmix_steps3000]="recovery.steps=3000 recovery.mix=cutmix"
     [cutmix_steps3000_gen4]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.generators=4"
     [cutmix_steps3000_anchor01]="recovery.steps=3000 recovery.mix=cutmix recovery.anchor_weight=0.01"
+    [cutmix_steps3000_seed1]="recovery.steps=3000 recovery.mix=cutmix seed=1"
     [cutmix_steps6000]="recovery.steps=6000 recovery.mix=cutmix"
     [cutmix_steps3000_adv1]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.competition_weight=1"
     [real_kd_cutmix_steps3000]="recovery=real_kd recovery.steps=3000 recovery.mix=cutmix")
