@@ -4,7 +4,6 @@ distillation of a frozen teacher into a (pruned) student."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Callable, Iterable, Iterator
 
@@ -172,8 +171,9 @@ class NetModule(L.LightningModule):
         check(bn_statistics in ("train", "frozen"), f"bn_statistics={bn_statistics!r}: train or frozen.")
         self.net = net
         self.anchor_weight = float(anchor_weight)
-        # the weights training starts from, frozen (a resumed run rebuilds them from the same start)
-        self.anchor = copy.deepcopy(net).requires_grad_(False) if self.anchor_weight else None
+        # the weights training starts from; kept out of the module's state (and so out of checkpoints):
+        # a resumed run is handed the same pruned start and rebuilds them
+        self.anchor = [p.detach().clone() for p in net.parameters()] if self.anchor_weight else None
         self.optimizer_factory = optimizer
         self.warmup_fraction, self.channels_last = float(warmup_fraction), bool(channels_last)
         self.bn_statistics = bn_statistics
@@ -215,8 +215,9 @@ class NetModule(L.LightningModule):
         """``loss`` plus the anchor term (with ``anchor_weight`` > 0)."""
         if self.anchor is None:
             return loss
-        drift = sum((p - a).pow(2).sum() for p, a in zip(self.net.parameters(), self.anchor.parameters())
-                    if p.requires_grad)
+        if self.anchor[0].device != self.device:
+            self.anchor = [a.to(self.device) for a in self.anchor]
+        drift = sum((p - a).pow(2).sum() for p, a in zip(self.net.parameters(), self.anchor) if p.requires_grad)
         self.log("train/drift", drift)
         return loss + 0.5 * self.anchor_weight * drift
 

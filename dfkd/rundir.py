@@ -18,7 +18,7 @@ TEACHER_RECORD = "teacher.json"  # where a run notes the teacher it distils (a r
 # resume may not change these. Where the data lives may change; the budget, trainer and logger too.
 FIXED = ("model", "pruning", "data", "seed", "strict_data_free", "recovery._target_", "recovery.name",
          "recovery.pool", "recovery.student_bn", "recovery.synthesizer._target_",
-         "synthesis.synthesizer._target_")
+         "synthesis.synthesizer._target_", "synthesis.synthesizer.generators")
 MOVABLE = ("data.root", "data.num_workers", "data.download", "data.eval_batch_size")
 
 

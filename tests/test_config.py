@@ -286,7 +286,8 @@ def test_a_resume_that_contradicts_its_checkpoint_is_refused(tmp_path):
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- pruning.ratio=0.9\n- model.width=16\n")
     for change, path in (("pruning.ratio=0.5", "pruning"), ("model.width=8", "model"), ("seed=3", "seed"),
                          ("recovery=noise_kd", "recovery.name"), ("recovery.pool.size=64", "recovery.pool"),
-                         ("recovery.student_bn=frozen", "recovery.student_bn"), ("data.val_size=10", "data")):
+                         ("recovery.student_bn=frozen", "recovery.student_bn"), ("data.val_size=10", "data"),
+                         ("synthesis.synthesizer.generators=2", "synthesis.synthesizer.generators")):
         with pytest.raises(DfkdError, match=rf"change {path.replace('.', '[.]')} \(from"):
             resume_argv(["dfkd.run", f"resume={tmp_path}", change])
     # what may change: where the data is, the trainer, the budget, the synthesis weights; a value

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -222,6 +224,7 @@ def test_fast_generators_take_turns_each_warmed_up_once_and_resumed(digits_teach
     teacher, data = digits_teacher
     single = _synth(teacher, data, cls=FastSynthesizer, warmup_steps=4, g_steps=1)
     several = _synth(teacher, data, cls=FastSynthesizer, warmup_steps=4, g_steps=1, generators=2)
+    started = [copy.deepcopy(g) for g in several.generators]
     steps, batches = [], []
     for _ in range(4):
         batches.append(several.synthesize(16)[0])
@@ -231,6 +234,8 @@ def test_fast_generators_take_turns_each_warmed_up_once_and_resumed(digits_teach
     assert not torch.allclose(batches[1], single.synthesize(16)[0])  # another generator's dreams
     first, second = (dict(g.named_parameters()) for g in several.generators)
     assert not torch.allclose(first["project.weight"], second["project.weight"])
+    for generator, start in zip(several.generators, started):  # each one dreamed, and learned from it
+        assert not torch.allclose(generator.project.weight, start.project.weight)
     resumed = _synth(teacher, data, cls=FastSynthesizer, warmup_steps=4, g_steps=1, generators=2)
     resumed.load_state_dict(several.state_dict())
     assert resumed.batches == 4 and not resumed.first_batch

@@ -93,10 +93,9 @@ class FastSynthesizer(DeepInversion):
         if generator_width is None:  # as wide as the teacher's first layer
             generator_width = batchnorm_layers(teacher)[0].num_features
         state = torch.random.get_rng_state()
-        self.generators = []
-        for k in range(generators):
-            torch.manual_seed(seed + k)  # the generators' initial weights follow the synthesis seed
-            self.generators.append(Generator(image_shape, num_classes, latent_dim, int(generator_width)))
+        torch.manual_seed(seed)  # the generators' initial weights follow the synthesis seed, one after another
+        self.generators = [Generator(image_shape, num_classes, latent_dim, int(generator_width))
+                           for _ in range(generators)]
         torch.random.set_rng_state(state)
         self.batches = 0
 
@@ -176,8 +175,8 @@ class FastSynthesizer(DeepInversion):
                 terms["total"].backward()
                 optimizer.step()
                 if first and step % max(steps // 4, 1) == 0:  # the long first batch
-                    which = f" {self.batches + 1} of {len(self.generators)}" if len(self.generators) > 1 else ""
-                    log.info("synthesis warm-up of generator%s: step %d/%d, loss %.3f (%.0f s)", which, step, steps,
+                    which = f" of generator {self.batches + 1}/{len(self.generators)}" if len(self.generators) > 1 else ""
+                    log.info("synthesis warm-up%s: generator step %d/%d, loss %.3f (%.0f s)", which, step, steps,
                              terms["total"].item(), time.perf_counter() - start)
             self.remember_bn(hooks)
         with torch.no_grad():
