@@ -29,7 +29,7 @@
 #   cutmix_steps3000_rounds3: cutmix_steps3000 reached in 3 linear prune-recover rounds (17%, 33%,
 #                     50% of the FLOPs, 1,000 KD steps each: pruning.rounds=3 pruning.schedule=linear)
 #   cutmix_steps3000_keep_first: cutmix_steps3000 with the first conv kept whole
-#                     (pruning.keep_dense=[first,last]; the other layers lose more to reach 50%; not run yet)
+#                     (pruning.keep_dense=[first,last]; the other layers lose more to reach 50%)
 #   cutmix_steps3000_gen4: cutmix_steps3000 with four generators dreaming the batches in turn, each
 #                     with its own seed and warm-up (synthesis.synthesizer.generators=4)
 #   cutmix_steps3000_anchor01: cutmix_steps3000 with the student's weights held near the pruned ones
