@@ -15,8 +15,8 @@ recovered less (CPU-reduced CIFAR ResNet-18 at 90%: 1.3 points lower on validati
 seeds; experiments/README.md, synthesis_health). With ``reset_input_layer`` the generator's input
 layer starts afresh for every batch (so it is not meta-learned; the rest is). With ``target_mix``
 (DeepInversion's) the generator is conditioned on the same two-class mix as the class term: the
-mix of the two class embeddings. With ``generators`` > 1, that many generators (each from its own
-seed, each warmed up on its first batch) dream the batches in turn; four of them made no more
+mix of the two class embeddings. With ``generators`` > 1, that many generators (their initial
+weights drawn one after another, each warmed up on its first batch) dream the batches in turn; four made no more
 diverse dreams and recovered no more on the structured CIFAR student (experiments/README.md,
 cifar10_structured_levers).
 
