@@ -35,7 +35,7 @@
 #   cutmix_steps3000_anchor01: cutmix_steps3000 with the student's weights held near the pruned ones
 #                     (L2-SP: recovery.anchor_weight=0.01)
 #   cutmix_steps3000_seed1: cutmix_steps3000 again with seed=1 (the same teacher): how far one
-#                     seed's figures are from another's (not run yet: stopped at step 1,300 to free the cores)
+#                     seed's figures are from another's
 #   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 45 minutes)
 #   cutmix_steps3000_adv1: cutmix_steps3000 with the adversarial (competition) term at weight 1:
 #                     dreams pushed to where student and teacher disagree (about 25 minutes)
