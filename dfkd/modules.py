@@ -199,6 +199,8 @@ class NetModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
+        if self.anchor is not None:  # not part of the module's state, so not moved with it
+            self.anchor = [a.to(self.device) for a in self.anchor]
 
     def check_finite(self, loss: torch.Tensor, setting: str) -> None:
         if not torch.isfinite(loss):
@@ -215,8 +217,6 @@ class NetModule(L.LightningModule):
         """``loss`` plus the anchor term (with ``anchor_weight`` > 0)."""
         if self.anchor is None:
             return loss
-        if self.anchor[0].device != self.device:
-            self.anchor = [a.to(self.device) for a in self.anchor]
         drift = sum((p - a).pow(2).sum() for p, a in zip(self.net.parameters(), self.anchor) if p.requires_grad)
         self.log("train/drift", drift)
         return loss + 0.5 * self.anchor_weight * drift

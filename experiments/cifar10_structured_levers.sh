@@ -31,7 +31,7 @@
 #   cutmix_steps3000_keep_first: cutmix_steps3000 with the first conv kept whole
 #                     (pruning.keep_dense=[first,last]; the other layers lose more to reach 50%)
 #   cutmix_steps3000_gen4: cutmix_steps3000 with four generators dreaming the batches in turn, each
-#                     with its own seed and warm-up (synthesis.synthesizer.generators=4)
+#                     with its own initial weights and warm-up (synthesis.synthesizer.generators=4)
 #   cutmix_steps3000_anchor01: cutmix_steps3000 with the student's weights held near the pruned ones
 #                     (L2-SP: recovery.anchor_weight=0.01)
 #   cutmix_steps3000_seed1: cutmix_steps3000 again with seed=1 (the same teacher): how far one
