@@ -270,6 +270,32 @@ def test_global_structured_pruning_with_lamp_normalizer_reaches_the_flops_and_ra
         pruning.Structured(0.5, normalizer="lamp")  # uniform pruning would ignore it silently
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenetv2"])
+def test_structured_pruning_can_keep_the_residual_streams_whole(arch):
+    from dfkd.models import cifar
+
+    make = {"resnet18": lambda: cifar.resnet18(width=8), "mobilenetv2": lambda: cifar.mobilenetv2(width_mult=0.25)}[arch]
+    torch.manual_seed(0)
+    widths = {n: m.weight.shape[0] for n, m in pruning.prunable(make())}
+    before = _flops(make(), (3, 32, 32))
+    pruner = pruning.Structured(0.5, coupled="keep")
+    torch.manual_seed(0)
+    model = pruner(make(), torch.zeros(1, 3, 32, 32))
+    assert _flops(model, (3, 32, 32)) <= 0.5 * before * 1.001
+    after = pruner.found["channels"]
+    # the layers that write into a residual addition keep every channel; the others give them up
+    streams = [n for n in widths if n.endswith(("conv2", "downsample.0", "stem.0"))] if arch == "resnet18" else \
+        [n for n in widths if n.endswith("conv.2") and n not in ("features.1.conv.2", "features.17.conv.2")]
+    inner = [n for n in widths if n.endswith("conv1")] if arch == "resnet18" else \
+        [n for n in widths if n.endswith("conv.0.0") and n != "features.1.conv.0.0"]  # 8 channels: too few
+    assert streams and all(after[n] == widths[n] for n in streams)
+    assert inner and all(after[n] < widths[n] for n in inner)
+    assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert pruner.settings()["pruning_method"] == "structured l1 coupled kept"
+    with pytest.raises(DfkdError, match=r"pruning\.coupled"):
+        pruning.Structured(0.5, coupled="stem")
+
+
 def test_structured_pruning_leaves_batchnorm_statistics_alone():
     model = _model()
     bn = model.features[1]

@@ -122,6 +122,10 @@ class Pruner:
     def rounds_label(self) -> str:
         return f"{len(self._rounds)}x{self.schedule}"
 
+    def rounds_phrase(self) -> str:
+        """' in 3 cubic rounds' for a schedule of rounds, '' for one-shot pruning."""
+        return f" in {len(self._rounds)} {self.schedule} rounds" if len(self._rounds) > 1 else ""
+
     def rounds_settings(self) -> dict:
         return {"pruning_rounds": [round(r, 4) for r in self._rounds]}
 

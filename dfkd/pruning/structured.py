@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfkd.errors import DfkdError, check, check_choice
-from dfkd.pruning.common import Pruner, check_ratio, dense_names, prunable, sparsity, undone
+from dfkd.pruning.common import LAYERS, Pruner, check_ratio, dense_names, prunable, sparsity, undone
 
 IMPORTANCE = {"l1": lambda normalizer: tp.importance.MagnitudeImportance(p=1, normalizer=normalizer),
               "l2": lambda normalizer: tp.importance.MagnitudeImportance(p=2, normalizer=normalizer),
@@ -30,8 +30,25 @@ IMPORTANCE = {"l1": lambda normalizer: tp.importance.MagnitudeImportance(p=1, no
 SCOPES = ("uniform", "global")
 NORMALIZERS = ("mean", "max", "sum", "lamp", "gaussian", "standarization")  # torch-pruning's names
 TARGETS = ("flops", "params")
+COUPLED = ("prune", "keep")
 STEPS = 100  # channels leave in steps of 1% of each layer's width, until the target is met
 MAX_CHANNEL_RATIO = 0.95  # no layer loses more than this share of its channels (in one round)
+
+
+def coupled_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The layers whose output channels others share through residual additions: torch-pruning
+    groups in which more than one (non-depthwise) conv or linear layer produces the channels, as the
+    stem and every block's last conv of a ResNet produce its residual stream."""
+    graph = tp.DependencyGraph().build_dependency(model, example)
+    found = []
+    for group in graph.get_all_groups():
+        producers = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)
+                     and isinstance(dep.target.module, LAYERS)
+                     and not (isinstance(dep.target.module, nn.Conv2d) and 1 < dep.target.module.groups
+                              == dep.target.module.in_channels)]  # depthwise convs follow their input's channels
+        if len(producers) > 1:
+            found += producers
+    return found
 
 
 def count(model: nn.Module, example: torch.Tensor, what: str) -> int:
@@ -46,15 +63,17 @@ def count(model: nn.Module, example: torch.Tensor, what: str) -> int:
 class Structured(Pruner):
     """Remove whole channels until ``ratio`` of the FLOPs (``target=flops``) or of the parameters
     (``target=params``) are gone; ``keep_dense`` layers keep their output channels (by default the
-    classifier, whose outputs are the classes). ``rounds`` > 1: in that many rounds of the
+    classifier, whose outputs are the classes). ``coupled=keep``: channels that residual additions
+    tie across layers stay, and the ratio comes from the layers' own channels. ``rounds`` > 1: in that many rounds of the
     ``schedule`` (cubic or linear), each followed by recovery."""
 
     structured = True
 
     def __init__(self, ratio: float = 0.5, target: str = "flops", importance: str = "l1", scope: str = "uniform",
                  keep_dense=("last",), round_to: int | None = None, normalizer: str = "mean", rounds: int = 1,
-                 schedule: str = "cubic") -> None:
+                 schedule: str = "cubic", coupled: str = "prune") -> None:
         super().__init__(check_ratio(ratio, f"the fraction of the {target} removed"), keep_dense)
+        check_choice("pruning.coupled", coupled, COUPLED)
         check_choice("pruning.target", target, TARGETS)
         check_choice("pruning.importance", importance, sorted(IMPORTANCE))
         check_choice("pruning.scope", scope, SCOPES)
@@ -65,7 +84,7 @@ class Structured(Pruner):
         check(round_to is None or (isinstance(round_to, int) and round_to >= 1),
               f"pruning.round_to={round_to!r} must be null or a whole number of channels >= 1.")
         self.target, self.importance, self.scope, self.round_to = target, importance, scope, round_to
-        self.normalizer = normalizer
+        self.normalizer, self.coupled = normalizer, coupled
         self.in_rounds(rounds, schedule)
         self.found: dict = {}  # the last call's: "before" is the whole network's count, which every round's ratio is of
 
@@ -94,11 +113,12 @@ class Structured(Pruner):
         example = example.to(next(model.parameters()).device)
         dense = dense_names(model, self.keep_dense)
         try:
+            kept = coupled_layers(model, example) if self.coupled == "keep" else []
             pruner = tp.pruner.MetaPruner(
                 model, example, importance=IMPORTANCE[self.importance](self.normalizer),
                 global_pruning=self.scope == "global",
                 pruning_ratio=MAX_CHANNEL_RATIO, max_pruning_ratio=MAX_CHANNEL_RATIO, iterative_steps=STEPS,
-                ignored_layers=[m for n, m in prunable(model) if n in dense], round_to=self.round_to)
+                ignored_layers=[m for n, m in prunable(model) if n in dense] + kept, round_to=self.round_to)
         except Exception as err:  # torch-pruning cannot trace every custom forward
             raise DfkdError(f"pruning=structured could not trace the model's layers ({type(err).__name__}: {err}); "
                             f"use unstructured pruning (pruning=magnitude) or pruning=nm for this model.") from err
@@ -116,7 +136,8 @@ class Structured(Pruner):
             raise DfkdError(f"pruning=structured cannot remove {100 * ratio:.3g}% of the {self.target} ({where}) "
                             f"without removing whole layers: it reached {1 - after / before:.0%} with every pruned "
                             f"layer at {1 - MAX_CHANNEL_RATIO:.0%} of the channels it had when the round began. Lower "
-                            f"pruning.ratio, or leave fewer layers dense (pruning.keep_dense).")
+                            f"pruning.ratio, or leave fewer layers dense (pruning.keep_dense"
+                            f"{', pruning.coupled=prune' if self.coupled == 'keep' else ''}).")
         self.found = {"before": before, "after": after, "removed": 1 - after / before,
                       "channels": {n: int(m.weight.shape[0]) for n, m in prunable(model)}}
         return model
@@ -135,17 +156,18 @@ class Structured(Pruner):
     def describe(self) -> str:
         if self.found:
             return f"{self.found['removed']:.1%} of the {self.target} removed, channels by {self.importance}"
-        rounds = f" in {len(self._rounds)} {self.schedule} rounds" if len(self._rounds) > 1 else ""
-        return f"{self.ratio:.0%} of the {self.target}{rounds}, channels by {self.importance}"
+        return f"{self.ratio:.0%} of the {self.target}{self.rounds_phrase()}, channels by {self.importance}"
 
     def settings(self) -> dict:
         ranked = self.importance if self.scope == "uniform" else f"{self.importance} global"
         if self.normalizer != "mean":
             ranked += f" {self.normalizer}"
+        if self.coupled == "keep":
+            ranked += " coupled kept"
         rounds = {}
         if len(self._rounds) > 1:
             ranked += f" {self.rounds_label()}"
             rounds = self.rounds_settings()
         return {"pruning_ratio": self.ratio, "pruning_method": f"structured {ranked}",
                 "pruning_scope": self.scope, "pruning_normalizer": self.normalizer, "pruning_target": self.target,
-                "pruning_keep_dense": self.keep_dense, **rounds}
+                "pruning_keep_dense": self.keep_dense, "pruning_coupled": self.coupled, **rounds}

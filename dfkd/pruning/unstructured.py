@@ -106,7 +106,7 @@ class Iterative(Unstructured):
         return super().__call__(make_permanent(model), example, ratio)
 
     def describe(self) -> str:
-        return f"{self.ratio:.0%} {self.label()} in {len(self.rounds())} {self.schedule} rounds"
+        return f"{self.ratio:.0%} {self.label()}{self.rounds_phrase()}"
 
     def settings(self) -> dict:
         return {**super().settings(), "pruning_method": f"{self.label()} {self.rounds_label()}",
