@@ -39,6 +39,7 @@
 #   coupled_keep      the residual streams kept whole, the blocks' inner channels pruned deeper to reach
 #                     50% of the FLOPs: pruning.coupled=keep
 #   cutmix_steps3000_coupled_keep: cutmix_steps3000 with pruning.coupled=keep
+#   cutmix_steps3000_coupled_keep_seed1: the same with seed=1 (the same teacher)
 #   real_kd_cutmix_steps3000_coupled_keep: real_kd_cutmix_steps3000 with pruning.coupled=keep
 #   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 45 minutes)
 #   cutmix_steps3000_adv1: cutmix_steps3000 with the adversarial (competition) term at weight 1:
@@ -77,6 +78,7 @@ declare -A extra=(
     [cutmix_steps3000_seed1]="recovery.steps=3000 recovery.mix=cutmix seed=1"
     [coupled_keep]="pruning.coupled=keep"
     [cutmix_steps3000_coupled_keep]="recovery.steps=3000 recovery.mix=cutmix pruning.coupled=keep"
+    [cutmix_steps3000_coupled_keep_seed1]="recovery.steps=3000 recovery.mix=cutmix pruning.coupled=keep seed=1"
     [real_kd_cutmix_steps3000_coupled_keep]="recovery=real_kd recovery.steps=3000 recovery.mix=cutmix pruning.coupled=keep"
     [cutmix_steps6000]="recovery.steps=6000 recovery.mix=cutmix"
     [cutmix_steps3000_adv1]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.competition_weight=1"
