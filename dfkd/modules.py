@@ -258,13 +258,14 @@ class DistillModule(NetModule):
     optional CE on the teacher's labels, optional mixing of each batch (``mix``: mixup or CutMix,
     labelled by the teacher) and an optional feature term (``feature_weight`` x feature_loss at
     ``feature_layers``: the student mimics the teacher's intermediate features, which a pruned
-    student of the same architecture can do layer for layer). The batch's own labels are never
-    used: the transfer set may be dreams."""
+    student of the same architecture can do layer for layer). ``teacher_flip``: the teacher's
+    logits are the mean over each image and its mirror image (test-time augmentation, where a
+    flip keeps the class). The batch's own labels are never used: the transfer set may be dreams."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, num_classes: int,
                  optimizer: OptimizerFactory, temperature: float = 4.0, loss: str = "kl",
                  ce_weight: float = 0.0, feature_weight: float = 0.0, feature_layers: str = "penultimate",
-                 mix: str = "none", mix_alpha: float = 1.0, **schedule) -> None:
+                 mix: str = "none", mix_alpha: float = 1.0, teacher_flip: bool = False, **schedule) -> None:
         check_mix(mix, mix_alpha)
         check_choice("recovery.loss", loss, KD_LOSSES)
         super().__init__(student, num_classes, optimizer, **schedule)
@@ -297,6 +298,9 @@ class DistillModule(NetModule):
         teacher_taps, student_taps = self.taps or ([], [])
         with torch.no_grad(), captured_inputs(teacher_taps) as teacher_features:
             teacher_logits = self.teacher(x)
+        if self.hparams.teacher_flip:
+            with torch.no_grad():
+                teacher_logits = (teacher_logits + self.teacher(torch.flip(x, dims=[-1]))) / 2
         with captured_inputs(student_taps) as student_features:
             logits = self.net(x)
         loss = kd_loss(logits, teacher_logits, self.hparams.temperature, self.hparams.loss)

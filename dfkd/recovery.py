@@ -54,7 +54,8 @@ class Recovery:
                  warmup_fraction: float = 0.0,
                  val_every_n_steps: int = 50, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
                  student_bn: str = "train", feature_weight: float = 0.0, feature_layers: str = "penultimate",
-                 mix: str = "none", mix_alpha: float = 1.0, anchor_weight: float = 0.0, **synthetic_only) -> None:
+                 mix: str = "none", mix_alpha: float = 1.0, anchor_weight: float = 0.0, teacher_flip: bool = False,
+                 **synthetic_only) -> None:
         # An experiment file sets the pool for whichever method runs; real-data methods have none.
         unknown = sorted(set(synthetic_only) - {"synthesizer", "pool", "image_grid_every_n_steps"})
         check(not unknown, f"recovery.{unknown[0] if unknown else ''} is not a setting of recovery={name}.")
@@ -70,7 +71,8 @@ class Recovery:
         check_choice("recovery.feature_layers", feature_layers, FEATURE_LAYERS)
         check_mix(mix, mix_alpha)
         check(float(anchor_weight) >= 0, f"recovery.anchor_weight={anchor_weight} must be >= 0 (0: no anchor).")
-        self.anchor_weight = float(anchor_weight)
+        check(isinstance(teacher_flip, bool), f"recovery.teacher_flip={teacher_flip!r} must be true or false.")
+        self.anchor_weight, self.teacher_flip = float(anchor_weight), teacher_flip
         self.student_bn, self.mix, self.mix_alpha = student_bn, mix, float(mix_alpha)
         self.feature_weight, self.feature_layers = float(feature_weight), feature_layers
         self.name, self.steps, self.batch_size = name, int(steps), int(batch_size)
@@ -82,6 +84,10 @@ class Recovery:
         """Refuse what cannot work, given the (untrained) architecture, before any work."""
         if self.feature_weight:
             matching_taps(model, model, self.feature_layers, self.feature_weight)
+        check(not self.teacher_flip or data.hflip,
+              f"recovery.teacher_flip=true labels KD batches by the teacher's mean output on the images and their "
+              f"mirror images, but data.hflip=false says a mirrored {data.name} image may not keep its class: set "
+              f"recovery.teacher_flip=false.")
 
     def settings(self) -> dict:
         return {"recovery": self.name, "recovery_steps": self.steps, "recovery_batch_size": self.batch_size,
@@ -98,7 +104,7 @@ class Recovery:
         return DistillModule(teacher, student, num_classes, self.optimizer, temperature=self.temperature,
                              loss=self.loss, ce_weight=self.ce_weight, feature_weight=self.feature_weight,
                              feature_layers=self.feature_layers, mix=self.mix, mix_alpha=self.mix_alpha,
-                             **self.schedule(channels_last))
+                             teacher_flip=self.teacher_flip, **self.schedule(channels_last))
 
     def schedule(self, channels_last: bool) -> dict:
         return {"warmup_fraction": self.warmup_fraction, "channels_last": channels_last,
@@ -176,10 +182,10 @@ class FineTune(RealKD):
     """Cross-entropy on the real train split's labels (recovery=finetune)."""
 
     def module(self, teacher, student, num_classes, channels_last):
-        if self.mix != "none" or self.feature_weight or self.loss != "kl":
+        if self.mix != "none" or self.feature_weight or self.loss != "kl" or self.teacher_flip:
             log.warning("recovery=finetune trains on labels: it ignores recovery.mix=%s, "
-                        "recovery.feature_weight=%g and recovery.loss=%s (settings of the KD methods).",
-                        self.mix, self.feature_weight, self.loss)
+                        "recovery.feature_weight=%g, recovery.loss=%s and recovery.teacher_flip=%s (settings of "
+                        "the KD methods).", self.mix, self.feature_weight, self.loss, self.teacher_flip)
         return ClassifierModule(student, num_classes, self.optimizer, config_group="recovery",
                                 **self.schedule(channels_last))
 

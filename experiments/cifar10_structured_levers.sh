@@ -41,6 +41,8 @@
 #   cutmix_steps3000_coupled_keep: cutmix_steps3000 with pruning.coupled=keep
 #   cutmix_steps3000_coupled_keep_seed1: the same with seed=1 (the same teacher)
 #   real_kd_cutmix_steps3000_coupled_keep: real_kd_cutmix_steps3000 with pruning.coupled=keep
+#   cutmix_steps3000_teacher_flip: cutmix_steps3000 with the teacher's labels averaged over each image
+#                     and its mirror image (recovery.teacher_flip=true)
 #   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 45 minutes)
 #   cutmix_steps3000_adv1: cutmix_steps3000 with the adversarial (competition) term at weight 1:
 #                     dreams pushed to where student and teacher disagree (about 25 minutes)
@@ -80,6 +82,7 @@ declare -A extra=(
     [cutmix_steps3000_coupled_keep]="recovery.steps=3000 recovery.mix=cutmix pruning.coupled=keep"
     [cutmix_steps3000_coupled_keep_seed1]="recovery.steps=3000 recovery.mix=cutmix pruning.coupled=keep seed=1"
     [real_kd_cutmix_steps3000_coupled_keep]="recovery=real_kd recovery.steps=3000 recovery.mix=cutmix pruning.coupled=keep"
+    [cutmix_steps3000_teacher_flip]="recovery.steps=3000 recovery.mix=cutmix recovery.teacher_flip=true"
     [cutmix_steps6000]="recovery.steps=6000 recovery.mix=cutmix"
     [cutmix_steps3000_adv1]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.competition_weight=1"
     [real_kd_cutmix_steps3000]="recovery=real_kd recovery.steps=3000 recovery.mix=cutmix")

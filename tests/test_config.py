@@ -154,6 +154,8 @@ def _no_work_done(cache_dir: Path, out: Path) -> bool:
     ("recovery.pool.jitter=-1", "recovery.pool.jitter"),
     ("recovery.feature_weight=-1", "recovery.feature_weight"),
     ("recovery.anchor_weight=-0.1", "recovery.anchor_weight"),
+    ("recovery.teacher_flip=true", "recovery.teacher_flip=false"),  # digits: data.hflip=false
+    ("pruning=structured pruning.coupled=stem", "pruning.coupled"),
     ("recovery.feature_layers=conv", "recovery.feature_layers"),
     ("recovery.mix=cutout", "recovery.mix"),
     ("recovery=real_kd recovery.loss=l1", "recovery.loss"),

@@ -257,3 +257,18 @@ def test_the_anchor_keeps_the_student_near_the_weights_recovery_started_from():
                    FineTune("finetune", anchor_weight=0.5, optimizer=_sgd)):
         module = method.module(teacher, DigitsCNN(width=4), 10, channels_last=False)
         assert module.anchor_weight == 0.5 and module.anchor is not None  # every method that trains
+
+
+def test_the_flipped_teacher_labels_each_batch_by_its_mean_on_both_mirror_images():
+    """recovery.teacher_flip: the KD target is the teacher's mean logits on the images and their
+    mirror images, so the student learns from the flip-averaged teacher; off, the plain teacher."""
+    from dfkd.recovery import RealKD
+
+    torch.manual_seed(0)
+    teacher, x = DigitsCNN(width=4).eval(), torch.randn(8, 1, 8, 8)
+    flipped = (teacher(x) + teacher(torch.flip(x, dims=[-1]))) / 2
+    assert not torch.allclose(flipped, teacher(x), atol=1e-3)  # this teacher is not mirror-symmetric
+    for flip, target in ((True, flipped), (False, teacher(x))):
+        module = RealKD("real_kd", teacher_flip=flip, optimizer=_sgd).module(teacher, DigitsCNN(width=4), 10, False)
+        loss = module.training_step((x, torch.zeros(8)), 0)
+        assert loss.item() == pytest.approx(kd_loss(module.net(x), target.detach(), 4.0).item(), rel=1e-5), flip
