@@ -40,6 +40,7 @@
 #                     50% of the FLOPs: pruning.coupled=keep
 #   cutmix_steps3000_coupled_keep: cutmix_steps3000 with pruning.coupled=keep
 #   cutmix_steps3000_coupled_keep_seed1: the same with seed=1 (the same teacher)
+#   dream_kd_seed1, coupled_keep_seed1: dream_kd and coupled_keep with seed=1 (the same teacher)
 #   real_kd_cutmix_steps3000_coupled_keep: real_kd_cutmix_steps3000 with pruning.coupled=keep
 #   cutmix_steps3000_teacher_flip: cutmix_steps3000 with the teacher's labels averaged over each image
 #                     and its mirror image (recovery.teacher_flip=true)
@@ -80,6 +81,7 @@ declare -A extra=(
     [cutmix_steps3000_seed1]="recovery.steps=3000 recovery.mix=cutmix seed=1"
     [coupled_keep]="pruning.coupled=keep"
     [cutmix_steps3000_coupled_keep]="recovery.steps=3000 recovery.mix=cutmix pruning.coupled=keep"
+    [dream_kd_seed1]="seed=1" [coupled_keep_seed1]="pruning.coupled=keep seed=1"
     [cutmix_steps3000_coupled_keep_seed1]="recovery.steps=3000 recovery.mix=cutmix pruning.coupled=keep seed=1"
     [real_kd_cutmix_steps3000_coupled_keep]="recovery=real_kd recovery.steps=3000 recovery.mix=cutmix pruning.coupled=keep"
     [cutmix_steps3000_teacher_flip]="recovery.steps=3000 recovery.mix=cutmix recovery.teacher_flip=true"
