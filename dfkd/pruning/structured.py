@@ -8,7 +8,10 @@ Channels are ranked by the L1 or L2 norm of their weights, or by their BatchNorm
 share of channels leaves every layer (uniform) or the least important across the network leave
 first (global), their scores put on one scale per layer by torch-pruning's ``normalizer`` (mean:
 each layer's scores over their mean; lamp: Lee et al.'s LAMP scores, as unstructured pruning's
-default ranks single weights). With ``rounds`` > 1 the target is reached in prune-recover rounds
+default ranks single weights). ``coupled=keep`` leaves whole the channels that residual additions
+tie across layers (a ResNet's residual streams, a MobileNetV2 stage's outputs) and takes the ratio
+from the channels inside each block, as filter pruning for CIFAR ResNets often does (Li et al.
+2017). With ``rounds`` > 1 the target is reached in prune-recover rounds
 (as pruning=iterative reaches an unstructured ratio), channels re-ranked on the recovered student
 each round."""
 
@@ -64,8 +67,8 @@ class Structured(Pruner):
     """Remove whole channels until ``ratio`` of the FLOPs (``target=flops``) or of the parameters
     (``target=params``) are gone; ``keep_dense`` layers keep their output channels (by default the
     classifier, whose outputs are the classes). ``coupled=keep``: channels that residual additions
-    tie across layers stay, and the ratio comes from the layers' own channels. ``rounds`` > 1: in that many rounds of the
-    ``schedule`` (cubic or linear), each followed by recovery."""
+    tie across layers stay, and the ratio comes from the layers' own channels. ``rounds`` > 1: in
+    that many rounds of the ``schedule`` (cubic or linear), each followed by recovery."""
 
     structured = True
 
