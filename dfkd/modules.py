@@ -93,6 +93,16 @@ def feature_scales(taps: list[nn.Module]) -> list[torch.Tensor | None]:
     return [(m.running_var + m.eps).sqrt() if isinstance(m, nn.modules.batchnorm._BatchNorm) else None for m in taps]
 
 
+def mirrored(images: torch.Tensor) -> torch.Tensor:
+    """Each image's mirror image (left and right swapped)."""
+    return torch.flip(images, dims=[-1])
+
+
+def mirror_mean(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``model``'s mean logits on ``images`` and on their mirror images (recovery.teacher_flip)."""
+    return (model(images) + model(mirrored(images))) / 2
+
+
 @contextlib.contextmanager
 def captured_inputs(modules: list[nn.Module]) -> Iterator[list[torch.Tensor]]:
     """The first input of each of ``modules``, in the order the forward pass reaches them; the
@@ -298,9 +308,9 @@ class DistillModule(NetModule):
         teacher_taps, student_taps = self.taps or ([], [])
         with torch.no_grad(), captured_inputs(teacher_taps) as teacher_features:
             teacher_logits = self.teacher(x)
-        if self.hparams.teacher_flip:
+        if self.hparams.teacher_flip:  # outside the taps: the features are the unflipped images'
             with torch.no_grad():
-                teacher_logits = (teacher_logits + self.teacher(torch.flip(x, dims=[-1]))) / 2
+                teacher_logits = (teacher_logits + self.teacher(mirrored(x))) / 2
         with captured_inputs(student_taps) as student_features:
             logits = self.net(x)
         loss = kd_loss(logits, teacher_logits, self.hparams.temperature, self.hparams.loss)

@@ -2,7 +2,8 @@
 labels KD batches with)? Scores the run's cached teacher on the validation and test splits, alone
 and as the mean of its logits on each image and its mirror image.
 
-    .venv/bin/python experiments/teacher_flip_accuracy.py outputs/bench/cifar10_structured_levers/cutmix_steps3000_teacher_flip
+    .venv/bin/python experiments/teacher_flip_accuracy.py \
+        outputs/bench/cifar10_structured_levers/cutmix_steps3000_teacher_flip
 
 RUN_DIR is a finished run of `python -m dfkd.run` on data whose mirror images keep their class
 (data.hflip=true) with a validation split (`data.val_size`); the teacher comes from the cache.
@@ -20,6 +21,7 @@ from torch import nn
 
 from dfkd.config import compose_config
 from dfkd.evaluate import evaluate
+from dfkd.modules import mirror_mean
 from dfkd.run import check_settings
 from dfkd.teacher import build_model, cache_file, load_weights
 
@@ -32,7 +34,7 @@ class MirrorMean(nn.Module):
         self.teacher = teacher
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.teacher(x) + self.teacher(torch.flip(x, dims=[-1]))) / 2
+        return mirror_mean(self.teacher, x)
 
 
 def main(run: Path) -> None:

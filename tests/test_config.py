@@ -154,7 +154,7 @@ def _no_work_done(cache_dir: Path, out: Path) -> bool:
     ("recovery.pool.jitter=-1", "recovery.pool.jitter"),
     ("recovery.feature_weight=-1", "recovery.feature_weight"),
     ("recovery.anchor_weight=-0.1", "recovery.anchor_weight"),
-    ("recovery.teacher_flip=true", "recovery.teacher_flip=false"),  # digits: data.hflip=false
+    ("recovery.teacher_flip=true", "data.hflip=false"),  # digits: a mirrored digit is another digit
     ("pruning=structured pruning.coupled=stem", "pruning.coupled"),
     ("recovery.feature_layers=conv", "recovery.feature_layers"),
     ("recovery.mix=cutout", "recovery.mix"),

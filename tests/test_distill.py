@@ -272,3 +272,16 @@ def test_the_flipped_teacher_labels_each_batch_by_its_mean_on_both_mirror_images
         module = RealKD("real_kd", teacher_flip=flip, optimizer=_sgd).module(teacher, DigitsCNN(width=4), 10, False)
         loss = module.training_step((x, torch.zeros(8)), 0)
         assert loss.item() == pytest.approx(kd_loss(module.net(x), target.detach(), 4.0).item(), rel=1e-5), flip
+    # with the feature term, the features compared are the teacher's on the images as served, once
+    from dfkd.modules import captured_inputs, feature_loss, feature_scales, feature_taps
+
+    method = RealKD("real_kd", teacher_flip=True, feature_weight=1.0, feature_layers="batchnorm", optimizer=_sgd)
+    module = method.module(teacher, DigitsCNN(width=4), 10, False)
+    loss = module.training_step((x, torch.zeros(8)), 0)
+    taps = feature_taps(teacher, "batchnorm"), feature_taps(module.net, "batchnorm")
+    with torch.no_grad(), captured_inputs(taps[0]) as ours:
+        teacher(x)
+    with captured_inputs(taps[1]) as theirs:
+        logits = module.net(x)
+    expected = kd_loss(logits, flipped.detach(), 4.0) + feature_loss(theirs, ours, feature_scales(taps[0]))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -270,30 +270,45 @@ def test_global_structured_pruning_with_lamp_normalizer_reaches_the_flops_and_ra
         pruning.Structured(0.5, normalizer="lamp")  # uniform pruning would ignore it silently
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "mobilenetv2"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenetv2"])
 def test_structured_pruning_can_keep_the_residual_streams_whole(arch):
     from dfkd.models import cifar
 
-    make = {"resnet18": lambda: cifar.resnet18(width=8), "mobilenetv2": lambda: cifar.mobilenetv2(width_mult=0.25)}[arch]
-    torch.manual_seed(0)
+    make = {"resnet18": lambda: cifar.resnet18(width=8), "resnet50": lambda: cifar.resnet50(width=8),
+            "mobilenetv2": lambda: cifar.mobilenetv2(width_mult=0.25)}[arch]
     widths = {n: m.weight.shape[0] for n, m in pruning.prunable(make())}
     before = _flops(make(), (3, 32, 32))
     pruner = pruning.Structured(0.5, coupled="keep")
-    torch.manual_seed(0)
     model = pruner(make(), torch.zeros(1, 3, 32, 32))
     assert _flops(model, (3, 32, 32)) <= 0.5 * before * 1.001
     after = pruner.found["channels"]
     # the layers that write into a residual addition keep every channel; the others give them up
-    streams = [n for n in widths if n.endswith(("conv2", "downsample.0", "stem.0"))] if arch == "resnet18" else \
-        [n for n in widths if n.endswith("conv.2") and n not in ("features.1.conv.2", "features.17.conv.2")]
-    inner = [n for n in widths if n.endswith("conv1")] if arch == "resnet18" else \
-        [n for n in widths if n.endswith("conv.0.0") and n != "features.1.conv.0.0"]  # 8 channels: too few
+    last = {"resnet18": "conv2", "resnet50": "conv3"}.get(arch)
+    if last:
+        streams = [n for n in widths if n.endswith((last, "downsample.0"))]
+        streams += ["stem.0"] if arch == "resnet18" else []  # ResNet-50's first stage widens its input
+        inner = [n for n in widths if n.endswith("conv1")]
+    else:  # MobileNetV2 at this width: blocks 1-16 add their input to their output
+        streams = [n for n in widths if n.endswith("conv.2") or n in ("features.0.0", "features.1.conv.1")]
+        streams.remove("features.17.conv.2")  # 320 channels out of 160 in: no addition
+        inner = [n for n in widths if n.endswith("conv.0.0") and n != "features.1.conv.0.0"]  # depthwise, on the stem's stream
     assert streams and all(after[n] == widths[n] for n in streams)
     assert inner and all(after[n] < widths[n] for n in inner)
     assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert pruner.settings()["pruning_method"] == "structured l1 coupled kept"
+    assert "residual streams whole" in pruner.describe()
     with pytest.raises(DfkdError, match=r"pruning\.coupled"):
         pruning.Structured(0.5, coupled="stem")
+
+
+def test_keeping_coupled_channels_says_so_where_nothing_is_coupled(caplog):
+    from dfkd.models import cifar
+
+    plain = pruning.Structured(0.5)(cifar.vgg16(width=8), torch.zeros(1, 3, 32, 32))
+    with caplog.at_level("WARNING"):
+        kept = pruning.Structured(0.5, coupled="keep")(cifar.vgg16(width=8), torch.zeros(1, 3, 32, 32))
+    assert "pruning.coupled=keep" in caplog.text and "no residual" in caplog.text
+    assert [m.weight.shape for _, m in pruning.prunable(kept)] == [m.weight.shape for _, m in pruning.prunable(plain)]
 
 
 def test_structured_pruning_leaves_batchnorm_statistics_alone():

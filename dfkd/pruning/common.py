@@ -19,6 +19,11 @@ def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LAYERS)]
 
 
+def is_depthwise(module: nn.Module) -> bool:
+    """A depthwise convolution: one filter per input channel, so it follows its input's channels."""
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and module.in_channels == module.groups
+
+
 def dense_names(model: nn.Module, keep_dense) -> set[str]:
     """The layer names ``pruning.keep_dense`` means on this model ('first' and 'last' resolved);
     a name that is not a conv or linear layer of the model is refused with the valid names."""

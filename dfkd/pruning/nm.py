@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from dfkd.errors import DfkdError, check
-from dfkd.pruning.common import Pruner, targets, undone
+from dfkd.pruning.common import Pruner, is_depthwise, targets, undone
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,6 @@ def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
         shape = (weight.shape[0], *weight.shape[2:], weight.shape[1])
         return keep.reshape(shape).movedim(-1, 1).contiguous()
     return keep.reshape(weight.shape)
-
-
-def is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and module.in_channels == module.groups
 
 
 class NM(Pruner):

@@ -18,6 +18,7 @@ each round."""
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 import torch_pruning as tp
@@ -25,7 +26,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfkd.errors import DfkdError, check, check_choice
-from dfkd.pruning.common import LAYERS, Pruner, check_ratio, dense_names, prunable, sparsity, undone
+from dfkd.pruning.common import (LAYERS, Pruner, check_ratio, dense_names, is_depthwise, prunable, sparsity,
+                                 undone)
+
+log = logging.getLogger(__name__)
 
 IMPORTANCE = {"l1": lambda normalizer: tp.importance.MagnitudeImportance(p=1, normalizer=normalizer),
               "l2": lambda normalizer: tp.importance.MagnitudeImportance(p=2, normalizer=normalizer),
@@ -39,16 +43,15 @@ MAX_CHANNEL_RATIO = 0.95  # no layer loses more than this share of its channels 
 
 
 def coupled_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
-    """The layers whose output channels others share through residual additions: torch-pruning
-    groups in which more than one (non-depthwise) conv or linear layer produces the channels, as the
-    stem and every block's last conv of a ResNet produce its residual stream."""
+    """The layers whose output channels others share through element-wise joins (residual
+    additions, or gates that multiply two branches): torch-pruning groups in which more than one
+    (non-depthwise) conv or linear layer produces the channels, as the stem and every block's last
+    conv of a ResNet produce its residual stream."""
     graph = tp.DependencyGraph().build_dependency(model, example)
     found = []
     for group in graph.get_all_groups():
         producers = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)
-                     and isinstance(dep.target.module, LAYERS)
-                     and not (isinstance(dep.target.module, nn.Conv2d) and 1 < dep.target.module.groups
-                              == dep.target.module.in_channels)]  # depthwise convs follow their input's channels
+                     and isinstance(dep.target.module, LAYERS) and not is_depthwise(dep.target.module)]
         if len(producers) > 1:
             found += producers
     return found
@@ -117,6 +120,10 @@ class Structured(Pruner):
         dense = dense_names(model, self.keep_dense)
         try:
             kept = coupled_layers(model, example) if self.coupled == "keep" else []
+            if self.coupled == "keep" and not kept:
+                log.warning("pruning.coupled=keep: %s has no residual additions (no channels that several "
+                            "layers produce), so it is pruned as with pruning.coupled=prune.",
+                            type(model).__name__)
             pruner = tp.pruner.MetaPruner(
                 model, example, importance=IMPORTANCE[self.importance](self.normalizer),
                 global_pruning=self.scope == "global",
@@ -157,9 +164,10 @@ class Structured(Pruner):
         return sparsity(model)["overall"]
 
     def describe(self) -> str:
+        kept = ", residual streams whole" if self.coupled == "keep" else ""
         if self.found:
-            return f"{self.found['removed']:.1%} of the {self.target} removed, channels by {self.importance}"
-        return f"{self.ratio:.0%} of the {self.target}{self.rounds_phrase()}, channels by {self.importance}"
+            return f"{self.found['removed']:.1%} of the {self.target} removed, channels by {self.importance}{kept}"
+        return f"{self.ratio:.0%} of the {self.target}{self.rounds_phrase()}, channels by {self.importance}{kept}"
 
     def settings(self) -> dict:
         ranked = self.importance if self.scope == "uniform" else f"{self.importance} global"
