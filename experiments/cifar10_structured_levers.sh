@@ -39,7 +39,6 @@
 #   coupled_keep      the residual streams kept whole, the blocks' inner channels pruned deeper to reach
 #                     50% of the FLOPs: pruning.coupled=keep
 #   cutmix_steps3000_coupled_keep: cutmix_steps3000 with pruning.coupled=keep
-#   cutmix_steps3000_coupled_keep_seed1: the same with seed=1 (the same teacher)
 #   dream_kd_seed1, coupled_keep_seed1: dream_kd and coupled_keep with seed=1 (the same teacher)
 #   real_kd_cutmix_steps3000_coupled_keep: real_kd_cutmix_steps3000 with pruning.coupled=keep
 #   cutmix_steps3000_teacher_flip: cutmix_steps3000 with the teacher's labels averaged over each image
@@ -81,9 +80,10 @@ declare -A extra=(
     [cutmix_steps3000_seed1]="recovery.steps=3000 recovery.mix=cutmix seed=1"
     [coupled_keep]="pruning.coupled=keep"
     [cutmix_steps3000_coupled_keep]="recovery.steps=3000 recovery.mix=cutmix pruning.coupled=keep"
-    [dream_kd_seed1]="seed=1" [coupled_keep_seed1]="pruning.coupled=keep seed=1"
-    [cutmix_steps3000_coupled_keep_seed1]="recovery.steps=3000 recovery.mix=cutmix pruning.coupled=keep seed=1"
-    [real_kd_cutmix_steps3000_coupled_keep]="recovery=real_kd recovery.steps=3000 recovery.mix=cutmix pruning.coupled=keep"
+    [dream_kd_seed1]="seed=1"
+    [coupled_keep_seed1]="pruning.coupled=keep seed=1"
+    [real_kd_cutmix_steps3000_coupled_keep]="recovery=real_kd recovery.steps=3000 recovery.mix=cutmix
+        pruning.coupled=keep"
     [cutmix_steps3000_teacher_flip]="recovery.steps=3000 recovery.mix=cutmix recovery.teacher_flip=true"
     [cutmix_steps6000]="recovery.steps=6000 recovery.mix=cutmix"
     [cutmix_steps3000_adv1]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.competition_weight=1"

@@ -23,8 +23,9 @@ coupled = sys.argv[3] if len(sys.argv) > 3 else "prune"
 models = {"resnet18": lambda: cifar.resnet18(), "resnet50": lambda: cifar.resnet50(),
           "mobilenetv2": lambda: cifar.mobilenetv2(), "vgg16": lambda: cifar.vgg16(),
           "resnet18 width 16": lambda: cifar.resnet18(width=16)}
-kept = ", residual streams whole (pruning.coupled=keep)" if coupled == "keep" else ""
-lines = [f"Structured pruning ({ratio:.0%} of FLOPs, uniform L1 channels, classifier dense{kept}), CPU, {threads} thread(s), "
+kept = ", residual streams whole: pruning.coupled=keep" if coupled == "keep" else ""
+lines = [f"Structured pruning ({ratio:.0%} of FLOPs, uniform L1 channels, classifier dense{kept}), CPU, "
+         f"{threads} thread(s), "
          f"channels_last (both models), torch {torch.__version__}; median ms of repeated runs after warm-up.", "",
          "| model | params teacher -> student | FLOPs teacher -> student | ms @1 teacher -> student | speed-up @1 | "
          "ms @64 teacher -> student | speed-up @64 |", "|---|---|---|---|---|---|---|"]

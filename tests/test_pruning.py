@@ -291,7 +291,8 @@ def test_structured_pruning_can_keep_the_residual_streams_whole(arch):
     else:  # MobileNetV2 at this width: blocks 1-16 add their input to their output
         streams = [n for n in widths if n.endswith("conv.2") or n in ("features.0.0", "features.1.conv.1")]
         streams.remove("features.17.conv.2")  # 320 channels out of 160 in: no addition
-        inner = [n for n in widths if n.endswith("conv.0.0") and n != "features.1.conv.0.0"]  # depthwise, on the stem's stream
+        # (features.1.conv.0.0 is depthwise, on the stem's stream)
+        inner = [n for n in widths if n.endswith("conv.0.0") and n != "features.1.conv.0.0"]
     assert streams and all(after[n] == widths[n] for n in streams)
     assert inner and all(after[n] < widths[n] for n in inner)
     assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
