@@ -306,9 +306,13 @@ def test_keeping_coupled_channels_says_so_where_nothing_is_coupled(caplog):
     from dfkd.models import cifar
 
     plain = pruning.Structured(0.5)(cifar.vgg16(width=8), torch.zeros(1, 3, 32, 32))
+    pruner = pruning.Structured(0.5, coupled="keep")
     with caplog.at_level("WARNING"):
-        kept = pruning.Structured(0.5, coupled="keep")(cifar.vgg16(width=8), torch.zeros(1, 3, 32, 32))
+        pruner.validate(cifar.vgg16(width=8), torch.zeros(1, 3, 32, 32))
+        kept = pruner(cifar.vgg16(width=8), torch.zeros(1, 3, 32, 32))
     assert "pruning.coupled=keep" in caplog.text and "no residual" in caplog.text
+    assert caplog.text.count("no residual") == 1  # said once, when the settings are checked
+    assert "residual streams whole" not in pruner.describe()
     assert [m.weight.shape for _, m in pruning.prunable(kept)] == [m.weight.shape for _, m in pruning.prunable(plain)]
 
 

@@ -120,7 +120,7 @@ class Structured(Pruner):
         dense = dense_names(model, self.keep_dense)
         try:
             kept = coupled_layers(model, example) if self.coupled == "keep" else []
-            if self.coupled == "keep" and not kept:
+            if self.coupled == "keep" and not kept and self.found.get("coupled") != 0:  # said once, not each call
                 log.warning("pruning.coupled=keep: %s has no residual additions (no channels that several "
                             "layers produce), so it is pruned as with pruning.coupled=prune.",
                             type(model).__name__)
@@ -147,8 +147,8 @@ class Structured(Pruner):
                             f"without removing whole layers: it reached {1 - after / before:.0%} with every pruned "
                             f"layer at {1 - MAX_CHANNEL_RATIO:.0%} of the channels it had when the round began. Lower "
                             f"pruning.ratio, or leave fewer layers dense (pruning.keep_dense"
-                            f"{', pruning.coupled=prune' if self.coupled == 'keep' else ''}).")
-        self.found = {"before": before, "after": after, "removed": 1 - after / before,
+                            f"{', pruning.coupled=prune' if kept else ''}).")
+        self.found = {"before": before, "after": after, "removed": 1 - after / before, "coupled": len(kept),
                       "channels": {n: int(m.weight.shape[0]) for n, m in prunable(model)}}
         return model
 
@@ -164,7 +164,7 @@ class Structured(Pruner):
         return sparsity(model)["overall"]
 
     def describe(self) -> str:
-        kept = ", residual streams whole" if self.coupled == "keep" else ""
+        kept = ", residual streams whole" if self.coupled == "keep" and self.found.get("coupled", 1) else ""
         if self.found:
             return f"{self.found['removed']:.1%} of the {self.target} removed, channels by {self.importance}{kept}"
         return f"{self.ratio:.0%} of the {self.target}{self.rounds_phrase()}, channels by {self.importance}{kept}"
