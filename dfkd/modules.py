@@ -93,14 +93,11 @@ def feature_scales(taps: list[nn.Module]) -> list[torch.Tensor | None]:
     return [(m.running_var + m.eps).sqrt() if isinstance(m, nn.modules.batchnorm._BatchNorm) else None for m in taps]
 
 
-def mirrored(images: torch.Tensor) -> torch.Tensor:
-    """Each image's mirror image (left and right swapped)."""
-    return torch.flip(images, dims=[-1])
-
-
-def mirror_mean(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """``model``'s mean logits on ``images`` and on their mirror images (recovery.teacher_flip)."""
-    return (model(images) + model(mirrored(images))) / 2
+def mirror_mean(model: nn.Module, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+    """``model``'s mean logits on ``images`` and on their mirror images, left and right swapped
+    (recovery.teacher_flip); ``logits``: ``model(images)`` where the caller has it already."""
+    logits = model(images) if logits is None else logits
+    return (logits + model(torch.flip(images, dims=[-1]))) / 2
 
 
 @contextlib.contextmanager
@@ -310,7 +307,7 @@ class DistillModule(NetModule):
             teacher_logits = self.teacher(x)
         if self.hparams.teacher_flip:  # outside the taps: the features are the unflipped images'
             with torch.no_grad():
-                teacher_logits = (teacher_logits + self.teacher(mirrored(x))) / 2
+                teacher_logits = mirror_mean(self.teacher, x, teacher_logits)
         with captured_inputs(student_taps) as student_features:
             logits = self.net(x)
         loss = kd_loss(logits, teacher_logits, self.hparams.temperature, self.hparams.loss)
