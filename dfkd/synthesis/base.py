@@ -73,17 +73,10 @@ class Synthesizer:
         """How the teacher sees a synthetic batch: agreement with the targets, confidence,
         entropy, class balance of its predictions (1 = even), the BatchNorm-statistics gap (the
         normalized distance of bn_stats.py: mean over layers and worst layer), and diversity (mean cosine distance between penultimate features)."""
-        features: list[torch.Tensor] = []
-        heads = [m for m in self.teacher.modules() if isinstance(m, nn.Linear)]
-        handle = heads[-1].register_forward_hook(lambda m, i, o: features.append(i[0])) if heads else None
-        try:
-            with bn_statistics(self.teacher) as hooks:
-                probs = self.teacher(images).float().softmax(1)
-                gap = bn_loss(hooks).item() if hooks else float("nan")
-                worst = max(h.loss.item() for h in hooks) if hooks else float("nan")
-        finally:
-            if handle is not None:
-                handle.remove()
+        with penultimate_features(self.teacher) as features, bn_statistics(self.teacher) as hooks:
+            probs = self.teacher(images).float().softmax(1)
+            gap = bn_loss(hooks).item() if hooks else float("nan")
+            worst = max(h.loss.item() for h in hooks) if hooks else float("nan")
         n, log_probs = len(images), probs.clamp_min(1e-12).log()
         share = torch.bincount(probs.argmax(1), minlength=self.num_classes).float() / n
         stats = {
@@ -100,6 +93,20 @@ class Synthesizer:
             similarity = (f @ f.T).sum() - n
             stats["synthesis/diversity"] = 1.0 - (similarity / (n * (n - 1))).item()
         return stats
+
+
+@contextlib.contextmanager
+def penultimate_features(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """The inputs of ``model``'s last Linear layer (its penultimate features), one tensor per
+    forward pass inside; none when the model has no Linear layer."""
+    features: list[torch.Tensor] = []
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    handle = heads[-1].register_forward_hook(lambda m, i, o: features.append(i[0])) if heads else None
+    try:
+        yield features
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 @contextlib.contextmanager

@@ -5,16 +5,25 @@ see the statistics they were trained on, and the teacher sees the sampled target
          + bn_weight * mean_l w_l d_l(x')     (d_l: bn_stats.py, per channel and unitless by default)
          + tv_l1 * TV_1(x') + tv_l2 * TV_2(x') + l2 * mean_i ||x'_i||_2
          - competition_weight * JS(teacher(x') || student(x'))        (ADI, Yin et al. 2020)
+         + diversity_weight * mean_i softmax_j cos(f(x'_i), f_j)       (below)
 
 where x' is x randomly jittered (rolled) and flipped, and w_1 = first_bn_multiplier, w_l = 1.
 With ``bn_momentum`` > 0 the statistics d_l compares are a moving average over the batches dreamed
 so far (Fang et al.'s BN momentum; bn_stats.py).
 Adam on the pixels with a cosine learning rate, optionally a first phase at half resolution
 (multi-resolution warm-up); pixels clipped to the data set's range; the lowest-loss iterate is kept.
+
+The diversity term keeps the dreams of a class from collapsing onto a few modes, as the memory bank
+of contrastive model inversion does (CMI, Fang et al., IJCAI 2021): f is the teacher's penultimate
+features (L2-normalized), and each dream's similarity to the other dreams of its own class (the rest
+of the batch and a memory of the last ``diversity_memory`` dreams) is a soft maximum over them,
+``diversity_temperature x log mean_j exp(cos / diversity_temperature)``, in cosine units. Other
+classes are left to the class term, which keeps them apart already.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -22,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfkd.synthesis.base import Synthesizer, temporarily_frozen
+from dfkd.synthesis.base import Synthesizer, penultimate_features, temporarily_frozen
 from dfkd.errors import check
 from dfkd.synthesis.bn_stats import DISTANCES, BNStatsHook, bn_loss, bn_statistics, updated_history
 
@@ -62,14 +71,16 @@ class DeepInversion(Synthesizer):
                  competition_temperature: float = 3.0, jitter: int = 1, flip: bool = True,
                  multires_iterations: int = 0, mixed_precision: bool | str = "auto",
                  bn_distance: str = "normalized", bn_momentum: float = 0.0,
-                 target_mix: float = 0.0) -> None:
+                 target_mix: float = 0.0, diversity_weight: float = 0.0, diversity_temperature: float = 0.1,
+                 diversity_memory: int = 4096) -> None:
         super().__init__(teacher, image_shape, num_classes, pixel_bounds, seed)
         check(int(iterations) >= 1, f"synthesis.synthesizer.iterations={iterations} must be at least 1 "
               f"(0 would distil on noise; recovery=noise_kd does that on purpose).")
         self.iterations, self.lr, self.betas = int(iterations), float(lr), tuple(betas)
         self.multires_iterations = int(multires_iterations)
         self.weights = {"ce": float(ce_weight), "bn": float(bn_weight), "tv_l1": float(tv_l1),
-                        "tv_l2": float(tv_l2), "l2": float(l2), "adi": -float(competition_weight)}
+                        "tv_l2": float(tv_l2), "l2": float(l2), "adi": -float(competition_weight),
+                        "diversity": float(diversity_weight)}
         self.first_bn_multiplier = float(first_bn_multiplier)
         self.competition_temperature = float(competition_temperature)
         self.jitter, self.flip = int(jitter), bool(flip)
@@ -87,15 +98,26 @@ class DeepInversion(Synthesizer):
         check(float(target_mix) == 0 or num_classes > 1, f"synthesis.synthesizer.target_mix={target_mix} "
               f"needs at least two classes (data.num_classes={num_classes}); set it to 0.")
         self.target_mix = float(target_mix)
+        check(float(diversity_weight) >= 0 and float(diversity_temperature) > 0 and int(diversity_memory) >= 0,
+              f"synthesis.synthesizer.diversity_weight={diversity_weight} must be >= 0, diversity_temperature="
+              f"{diversity_temperature} > 0 and diversity_memory={diversity_memory} >= 0 (dreams remembered).")
+        check(float(diversity_weight) == 0 or any(isinstance(m, nn.Linear) for m in teacher.modules()),
+              f"synthesis.synthesizer.diversity_weight={diversity_weight} compares the teacher's penultimate "
+              f"features (the input of its last Linear layer), and {type(teacher).__name__} has no Linear "
+              f"layer: set synthesis.synthesizer.diversity_weight=0.")
+        self.diversity_temperature, self.diversity_memory = float(diversity_temperature), int(diversity_memory)
+        self.memory: tuple[torch.Tensor, torch.Tensor] | None = None  # earlier dreams' features and classes
         self.bn_history: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def state_dict(self) -> dict:
         history = None if self.bn_history is None else [(m.cpu(), v.cpu()) for m, v in self.bn_history]
-        return {**super().state_dict(), "bn_history": history}
+        memory = None if self.memory is None else tuple(t.cpu() for t in self.memory)
+        return {**super().state_dict(), "bn_history": history, "memory": memory}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.bn_history = state.get("bn_history")
+        self.memory = state.get("memory")
 
     def bn_hooks(self):
         """The BatchNorm-statistics hooks of one batch (with the moving average when bn_momentum > 0)."""
@@ -123,6 +145,37 @@ class DeepInversion(Synthesizer):
         probs[torch.arange(n), other] += 1 - share
         return probs.to(targets.device)
 
+    def similarity(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """The diversity term: the mean over the batch of each dream's soft-maximum cosine
+        similarity to the other dreams of its class, in the batch and in the memory (0 where a
+        class has no other dream yet)."""
+        f = F.normalize(features.float().flatten(1), dim=1)
+        others, other_classes = f.detach(), classes
+        if self.memory is not None:
+            others = torch.cat([self.memory[0].to(f), others])
+            other_classes = torch.cat([self.memory[1].to(classes), classes])
+        same = classes[:, None] == other_classes[None, :]
+        same[:, len(others) - len(f):].fill_diagonal_(False)  # not itself
+        t = self.diversity_temperature
+        logits = (f @ others.T / t).masked_fill(~same, -math.inf)
+        found = same.any(1)
+        if not found.any():
+            return f.new_zeros(())
+        soft = t * (torch.logsumexp(logits[found], 1) - same[found].sum(1).float().log())
+        return soft.mean()
+
+    @torch.no_grad()
+    def remember(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add a finished batch's features to the diversity term's memory (the oldest leave)."""
+        if not self.weights["diversity"] or self.diversity_memory == 0:
+            return
+        with penultimate_features(self.teacher) as features:
+            self.teacher(images)
+        f = F.normalize(features[-1].float().flatten(1), dim=1)
+        if self.memory is not None:
+            f, targets = torch.cat([self.memory[0].to(f), f]), torch.cat([self.memory[1].to(targets), targets])
+        self.memory = (f[-self.diversity_memory:], targets[-self.diversity_memory:])
+
     @property
     def competes(self) -> bool:
         return self.weights["adi"] != 0 and self.student is not None
@@ -142,14 +195,18 @@ class DeepInversion(Synthesizer):
         # bf16 autocast (auto: on GPUs that have it); BatchNorm statistics and losses stay in fp32
         amp = self.mixed_precision is True or (
             self.mixed_precision == "auto" and x.is_cuda and torch.cuda.is_bf16_supported())
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        diverse = self.weights["diversity"] != 0
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp), \
+                (penultimate_features(self.teacher) if diverse else contextlib.nullcontext([])) as features:
             logits = self.teacher(x).float()
             student_logits = self.student(x).float() if self.competes else None
         tv_l1, tv_l2, l2 = image_priors(x)
         terms = {"ce": F.cross_entropy(logits, targets), "bn": bn_loss(hooks, self.first_bn_multiplier),
                  "tv_l1": tv_l1, "tv_l2": tv_l2, "l2": l2,
                  "adi": (js_divergence(logits, student_logits, self.competition_temperature)
-                         if student_logits is not None else logits.new_zeros(()))}
+                         if student_logits is not None else logits.new_zeros(())),
+                 "diversity": (self.similarity(features[0], targets if not targets.is_floating_point()
+                                               else targets.argmax(1)) if diverse else logits.new_zeros(()))}
         terms["total"] = sum(w * terms[k] for k, w in self.weights.items() if w)
         return terms
 
@@ -187,6 +244,7 @@ class DeepInversion(Synthesizer):
                 x = self.noise(n)
             best, best_loss = self._optimize(x, aims, self.iterations - warmup, hooks)
             self.remember_bn(hooks)
+        self.remember(best, targets)
         self.stats = {"synthesis/seconds": time.perf_counter() - start,
                       "synthesis/loss": best_loss, **self.quality(best, targets)}
         return best, targets

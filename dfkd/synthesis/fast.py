@@ -186,6 +186,7 @@ class FastSynthesizer(DeepInversion):
                 meta.add_(rate * (new - meta))
             for meta, new in zip(self.meta.buffers(), adapted.buffers()):
                 meta.copy_(new)
+        self.remember(images, targets)
         self.batches += 1
         self.stats = {"synthesis/seconds": time.perf_counter() - start,
                       "synthesis/loss": terms["total"].item(), "synthesis/g_steps": float(steps),
