@@ -43,10 +43,11 @@
 #   real_kd_cutmix_steps3000_coupled_keep: real_kd_cutmix_steps3000 with pruning.coupled=keep
 #   cutmix_steps3000_teacher_flip: cutmix_steps3000 with the teacher's labels averaged over each image
 #                     and its mirror image (recovery.teacher_flip=true)
-#   diversity3, diversity5: each dream pushed away from the other dreams of its class in the teacher's
-#                     penultimate features (synthesis.synthesizer.diversity_weight=3 or 5; CMI's memory bank)
+#   diversity3, diversity5, diversity8, diversity12: each dream pushed away from the other dreams of its class in the teacher's
+#                     penultimate features (synthesis.synthesizer.diversity_weight=3, 5, 8 or 12; CMI's memory bank)
 #   diversity5_seed1: diversity5 with seed=1 (the same teacher)
-#   cutmix_steps3000_diversity5: cutmix_steps3000 with synthesis.synthesizer.diversity_weight=5
+#   cutmix_steps3000_diversity8: cutmix_steps3000 with synthesis.synthesizer.diversity_weight=8
+#   cutmix_steps3000_diversity8_seed1: cutmix_steps3000_diversity8 with seed=1 (the same teacher)
 #   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 45 minutes)
 #   cutmix_steps3000_adv1: cutmix_steps3000 with the adversarial (competition) term at weight 1:
 #                     dreams pushed to where student and teacher disagree (about 25 minutes)
@@ -93,8 +94,11 @@ declare -A extra=(
     [cutmix_steps3000_adv1]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.competition_weight=1"
     [real_kd_cutmix_steps3000]="recovery=real_kd recovery.steps=3000 recovery.mix=cutmix"
     [diversity3]="synthesis.synthesizer.diversity_weight=3" [diversity5]="synthesis.synthesizer.diversity_weight=5"
-    [diversity5_seed1]="synthesis.synthesizer.diversity_weight=5 seed=1"
-    [cutmix_steps3000_diversity5]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.diversity_weight=5")
+    [diversity5_seed1]="synthesis.synthesizer.diversity_weight=5 seed=1" [diversity8]="synthesis.synthesizer.diversity_weight=8"
+    [diversity12]="synthesis.synthesizer.diversity_weight=12"
+    [cutmix_steps3000_diversity8]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.diversity_weight=8"
+    [cutmix_steps3000_diversity8_seed1]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.diversity_weight=8
+        seed=1")
 for name in ${RUNS:-real_kd lr0.1 l2_global steps1000}; do
     [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
         teacher.seed=0 seed=0 pruning=structured pruning.ratio=0.5 deploy=none recovery.mix=none recovery.pool.augment=none synthesis.synthesizer.warmup_steps=200 ${extra[$name]} \

@@ -72,7 +72,9 @@ class Synthesizer:
     def quality(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """How the teacher sees a synthetic batch: agreement with the targets, confidence,
         entropy, class balance of its predictions (1 = even), the BatchNorm-statistics gap (the
-        normalized distance of bn_stats.py: mean over layers and worst layer), and diversity (mean cosine distance between penultimate features)."""
+        normalized distance of bn_stats.py: mean over layers and worst layer), diversity (mean
+        cosine distance between penultimate features) and the mean cosine similarity of those
+        features between dreams of the same target class (what ``diversity_weight`` lowers)."""
         with penultimate_features(self.teacher) as features, bn_statistics(self.teacher) as hooks:
             probs = self.teacher(images).float().softmax(1)
             gap = bn_loss(hooks).item() if hooks else float("nan")
@@ -90,8 +92,11 @@ class Synthesizer:
         }
         if features and n > 1:
             f = F.normalize(features[-1].float().flatten(1), dim=1)
-            similarity = (f @ f.T).sum() - n
-            stats["synthesis/diversity"] = 1.0 - (similarity / (n * (n - 1))).item()
+            cosines = f @ f.T
+            stats["synthesis/diversity"] = 1.0 - ((cosines.sum() - n) / (n * (n - 1))).item()
+            same = (targets[:, None] == targets[None, :]).fill_diagonal_(False)
+            if same.any():
+                stats["synthesis/within_class_similarity"] = cosines[same].mean().item()
         return stats
 
 

@@ -45,7 +45,8 @@ def trivial_augment(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> t
 
 # the quality figures averaged over every batch into the run's summary
 QUALITY = ("synthesis/target_acc", "synthesis/class_balance", "synthesis/confidence",
-           "synthesis/bn_loss", "synthesis/bn_loss_max", "synthesis/diversity")
+           "synthesis/bn_loss", "synthesis/bn_loss_max", "synthesis/diversity",
+           "synthesis/within_class_similarity")
 
 
 class SyntheticDataModule(L.LightningDataModule):
