@@ -166,6 +166,7 @@ def _no_work_done(cache_dir: Path, out: Path) -> bool:
     ("synthesis.synthesizer.g_steps=0", "synthesis.synthesizer.g_steps"),
     ("synthesis.synthesizer.generators=0", "synthesis.synthesizer.generators"),
     ("synthesis.synthesizer.warmup_latents=random", "synthesis.synthesizer.warmup_latents"),
+    ("synthesis.synthesizer.diversity_weight=-1", "synthesis.synthesizer.diversity_weight"),
     ("pruning.ratio=abc", "pruning.ratio"),
     ("data.num_classes=7", "data.num_classes"),
     ("teacher.checkpoint=/nonexistent/teacher.pt", "teacher.checkpoint"),
