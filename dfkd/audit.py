@@ -31,6 +31,7 @@ from torchvision.utils import save_image
 from dfkd.config import build
 from dfkd.data import ImageDataModule
 from dfkd.errors import DfkdError, check
+from dfkd.models import classifier, penultimate_features
 from dfkd.rundir import TEACHER_RECORD
 from dfkd.teacher import build_model, cache_file, load_weights
 
@@ -59,23 +60,19 @@ class Embedder:
     """Pixels ([0, 1], flattened) and, with a teacher, its penultimate features (unit length)."""
 
     def __init__(self, data: ImageDataModule, teacher: nn.Module | None) -> None:
-        self.data, self.teacher = data, teacher
-        heads = [m for m in teacher.modules() if isinstance(m, nn.Linear)] if teacher is not None else []
-        if teacher is not None and not heads:
+        self.data = data
+        if teacher is not None and classifier(teacher) is None:
             log.warning("The teacher has no linear layer to read features from: pixels only.")
-        self.teacher, self.head = (teacher, heads[-1]) if heads else (None, None)
+            teacher = None
+        self.teacher = teacher
 
     @torch.no_grad()
     def __call__(self, model_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         pixels = self.data.denormalize(model_input).flatten(1)
         if self.teacher is None:
             return pixels, None
-        seen: list[torch.Tensor] = []
-        handle = self.head.register_forward_hook(lambda m, i, o: seen.append(i[0]))
-        try:
+        with penultimate_features(self.teacher) as seen:
             self.teacher(model_input.float())
-        finally:
-            handle.remove()
         return pixels, F.normalize(seen[0].float().flatten(1), dim=1)
 
     def split(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:

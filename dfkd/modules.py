@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from dfkd.errors import DfkdError, check, check_choice
-from dfkd.models import batchnorm_layers
+from dfkd.models import batchnorm_layers, classifier
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -83,7 +83,8 @@ FEATURE_LAYERS = ("penultimate", "batchnorm")
 def feature_taps(model: nn.Module, layers: str) -> list[nn.Module]:
     """The modules whose *input* the feature term compares (see FEATURE_LAYERS)."""
     if layers == "penultimate":
-        return [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+        head = classifier(model)
+        return [head] if head is not None else []
     return list(batchnorm_layers(model))
 
 

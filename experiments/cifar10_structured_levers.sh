@@ -97,8 +97,7 @@ declare -A extra=(
     [diversity5_seed1]="synthesis.synthesizer.diversity_weight=5 seed=1" [diversity8]="synthesis.synthesizer.diversity_weight=8"
     [diversity12]="synthesis.synthesizer.diversity_weight=12"
     [cutmix_steps3000_diversity8]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.diversity_weight=8"
-    [cutmix_steps3000_diversity8_seed1]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.diversity_weight=8
-        seed=1")
+    [cutmix_steps3000_diversity8_seed1]="recovery.steps=3000 recovery.mix=cutmix seed=1 synthesis.synthesizer.diversity_weight=8")
 for name in ${RUNS:-real_kd lr0.1 l2_global steps1000}; do
     [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
         teacher.seed=0 seed=0 pruning=structured pruning.ratio=0.5 deploy=none recovery.mix=none recovery.pool.augment=none synthesis.synthesizer.warmup_steps=200 ${extra[$name]} \

@@ -19,30 +19,25 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from dfkd.config import build
-from dfkd.synthesis.base import penultimate_features
 from dfkd.teacher import build_model, cache_file, obtain_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def judged(teacher, images: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Within-class similarity, diversity, confidence and agreement of the teacher on a batch."""
-    with torch.no_grad(), penultimate_features(teacher) as features:
-        probs = teacher(images).softmax(1)
-    f = F.normalize(features[0].flatten(1), dim=1)
-    cosines, n = f @ f.T, len(f)
-    same = (labels[:, None] == labels[None, :]).fill_diagonal_(False)
-    return {"within": cosines[same].mean().item(), "diversity": 1 - ((cosines.sum() - n) / (n * (n - 1))).item(),
-            "confidence": probs.max(1).values.mean().item(), "agreement": (probs.argmax(1) == labels).float().mean().item()}
-
-
 def mean(rows: list[dict]) -> dict:
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+
+
+FIGURES = {"within": "synthesis/within_class_similarity", "diversity": "synthesis/diversity",
+           "confidence": "synthesis/confidence", "agreement": "synthesis/target_acc"}
+
+
+def figures(stats: dict) -> dict:
+    """This table's figures among a synthesizer's quality figures (``Synthesizer.quality``)."""
+    return {name: stats[key] for name, key in FIGURES.items()}
 
 
 def main() -> None:
@@ -51,7 +46,6 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=10, help="batches judged after two unjudged ones")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
-    torch.set_num_threads(2)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["+experiment=cifar10_cpu_reduced", "teacher.seed=0",
                                            f"paths.output_dir={ROOT / 'outputs' / 'bench' / 'dream_similarity'}"])
@@ -61,17 +55,22 @@ def main() -> None:
     teacher, info = obtain_teacher(build_model(cfg.model, cfg.teacher.seed), cfg.teacher, data, cfg.trainer,
                                    cache, Path(cfg.paths.output_dir))
     teacher.eval()
-    real = []
-    for x, y in data.with_batch_size(args.batch_size).val_dataloader():
-        real.append(judged(teacher, data.model_input(x), y))
-        if len(real) == args.batches:
-            break
-    rows = [("real validation images", mean(real))]
+    rows = []
     for weight in (float(w) for w in args.weights.split(",")):
         synth = build(cfg.synthesis.synthesizer, "synthesis.synthesizer")(
             teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
             pixel_bounds=data.pixel_bounds(), seed=cfg.seed, diversity_weight=weight)
-        dreams = [judged(teacher, *synth.synthesize(args.batch_size)) for _ in range(2 + args.batches)]
+        if not rows:  # real images, judged as the dreams are
+            real = []
+            for x, y in data.with_batch_size(args.batch_size).val_dataloader():
+                real.append(figures(synth.quality(data.model_input(x), y)))
+                if len(real) == args.batches:
+                    break
+            rows.append(("real validation images", mean(real)))
+        dreams = []
+        for _ in range(2 + args.batches):
+            synth.synthesize(args.batch_size)
+            dreams.append(figures(synth.stats))
         rows.append((f"dreams, diversity_weight={weight:g}", mean(dreams[2:])))
         print(rows[-1], flush=True)
     lines = ["# Within-class similarity of real images and of dreams", "",

@@ -355,41 +355,59 @@ def test_diversity_term_is_each_dreams_soft_maximum_similarity_within_its_class(
     y = torch.tensor([0, 0, 1, 2])
     soft = lambda cosines: t * torch.log(torch.exp(torch.tensor(cosines) / t).mean())
     # without memory: dreams 0 and 1 see each other (cos 0.6); classes 1 and 2 have no other dream
-    assert torch.allclose(synth.similarity(f, y), soft([0.6]))
-    synth.memory = (torch.tensor([[0.0, 1.0], [-1.0, 0.0]]), torch.tensor([0, 1]))
+    assert torch.allclose(synth.diversity_loss(f, y), soft([0.6]))
+    synth.feature_memory = (torch.tensor([[0.0, 1.0], [-1.0, 0.0]]), torch.tensor([0, 1]))
     expected = torch.stack([soft([0.0, 0.6]), soft([0.8, 0.6]), soft([0.0])]).mean()  # dream 3: none
-    assert torch.allclose(synth.similarity(f, y), expected)
+    assert torch.allclose(synth.diversity_loss(f, y), expected)
     # features of any length and scale: cosines
-    assert torch.allclose(synth.similarity(3 * f, y), expected)
+    assert torch.allclose(synth.diversity_loss(3 * f, y), expected)
 
 
-def test_diversity_term_spreads_each_class_dreams_apart_and_is_resumed(digits_teacher):
-    """``diversity_weight`` > 0: the dreams of a class are less alike in the teacher's eyes than
-    without it, the teacher still recognizes most of them, the memory of earlier dreams holds at
-    most ``diversity_memory`` and travels with a checkpoint; bad values and a teacher without a
-    Linear layer are refused by name."""
+def test_diversity_term_spreads_each_class_dreams_apart(digits_teacher):
+    """``diversity_weight`` > 0: the dreams of a class are less alike in the teacher's eyes
+    (synthesis/within_class_similarity) than without it, and the teacher recognizes about as many."""
     teacher, data = digits_teacher
     within, acc = {}, {}
     for weight in (0.0, 50.0):  # the digits CNN's features need a larger weight than CIFAR ResNets' (5-8)
         fast = _synth(teacher, data, cls=FastSynthesizer, warmup_steps=30, g_steps=5, seed=3,
                       diversity_weight=weight, diversity_memory=150)
-        batches, similarity, agreement = [], [], []
+        similarity, agreement = [], []
         for _ in range(6):
-            batches.append(fast.synthesize(100))
+            fast.synthesize(100)
             similarity.append(fast.stats["synthesis/within_class_similarity"])
             agreement.append(fast.stats["synthesis/target_acc"])
         within[weight], acc[weight] = sum(similarity[1:]) / 5, sum(agreement[1:]) / 5
     # measured: 0.79 against 0.84, agreement 0.21 against 0.24 (a teacher of a few epochs, 30 warm-up steps)
     assert within[50.0] <= within[0.0] - 0.03, within
     assert acc[50.0] >= acc[0.0] - 0.1, acc
-    kept = torch.cat([batches[-2][1], batches[-1][1]])[-150:]  # the newest 150 dreams' classes
-    assert fast.memory[0].shape[0] == 150 and torch.equal(fast.memory[1], kept)
-    resumed = _synth(teacher, data, cls=FastSynthesizer, diversity_weight=50.0)
-    resumed.load_state_dict(fast.state_dict())
-    assert torch.equal(resumed.memory[0], fast.memory[0])
-    assert _synth(teacher, data, cls=FastSynthesizer).memory is None  # off by default: nothing kept
-    with pytest.raises(DfkdError, match=r"synthesis\.synthesizer\.diversity_weight=-1"):
-        _synth(teacher, data, diversity_weight=-1)
+
+
+def test_diversity_memory_keeps_the_newest_dreams_and_travels_with_a_checkpoint(digits_teacher):
+    """The memory holds the newest ``diversity_memory`` dreams' features (unit length) and target
+    classes (the dreams' own class under target_mix); a checkpoint restores as much of it as the
+    resumed run's settings keep; with the term off, or no memory, nothing is kept; bad values and
+    a teacher without a Linear layer are refused by name."""
+    teacher, data = digits_teacher
+    synth = _synth(teacher, data, iterations=2, diversity_weight=1.0, diversity_memory=150, target_mix=0.5)
+    batches = [synth.synthesize(100) for _ in range(3)]
+    features, classes = synth.feature_memory
+    assert features.shape[0] == 150 and torch.allclose(features.norm(dim=1), torch.ones(150))
+    assert torch.equal(classes, torch.cat([batches[1][1], batches[2][1]])[-150:])  # the newest 150
+    state = synth.state_dict()
+    resumed = _synth(teacher, data, iterations=2, diversity_weight=1.0, diversity_memory=150)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.feature_memory, synth.feature_memory))
+    shorter = _synth(teacher, data, iterations=2, diversity_weight=1.0, diversity_memory=50)
+    shorter.load_state_dict(state)
+    assert torch.equal(shorter.feature_memory[1], classes[-50:])
+    for off in ({"diversity_weight": 0.0}, {"diversity_weight": 1.0, "diversity_memory": 0}):
+        unused = _synth(teacher, data, iterations=2, **off)
+        unused.load_state_dict(state)
+        unused.synthesize(20)
+        assert unused.feature_memory is None, off
+    for setting, value in (("diversity_weight", -1), ("diversity_temperature", 0), ("diversity_memory", 1.5)):
+        with pytest.raises(DfkdError, match=rf"synthesis\.synthesizer\.{setting}={value}"):
+            _synth(teacher, data, **{setting: value})
     headless = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     with pytest.raises(DfkdError, match=r"diversity_weight=0"):
         _synth(headless, data, diversity_weight=1.0)

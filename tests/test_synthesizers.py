@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from dfkd.synthesis import DeepInversion, FastSynthesizer, Noise, bn_statistics, js_divergence
 
@@ -116,3 +117,16 @@ def test_quality_signals_are_reported(digits_teacher):
         assert f"synthesis/{key}" in synth.stats, key
     assert 0 <= synth.stats["synthesis/class_balance"] <= 1
     assert 0 <= synth.stats["synthesis/diversity"] <= 2
+
+
+def test_diversity_figures_by_hand():
+    """synthesis/diversity (one minus the mean cosine similarity of the penultimate features over
+    all pairs) and synthesis/within_class_similarity (the mean over pairs of one target class),
+    on features known by hand: a teacher whose last layer reads the images themselves."""
+    teacher = nn.Sequential(nn.Identity(), nn.Linear(2, 3))
+    synth = Noise(teacher, image_shape=(2,), num_classes=3, pixel_bounds=(torch.full((2,), -1.0), torch.ones(2)))
+    images = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 2.0], [-1.0, 0.0]])
+    stats = synth.quality(images, torch.tensor([0, 0, 1, 1]))
+    # pairs of a class: (0, 1) cos 0.6, (2, 3) cos 0; all pairs: 0.6 + 0 - 1 + 0.8 - 0.6 + 0 = -0.2 over 6
+    assert stats["synthesis/within_class_similarity"] == pytest.approx(0.3)
+    assert stats["synthesis/diversity"] == pytest.approx(1 + 0.2 / 6)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfkd.models import penultimate_features
 from dfkd.synthesis.bn_stats import bn_loss, bn_statistics
 
 
@@ -68,9 +69,14 @@ class Synthesizer:
     def synthesize(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    @torch.no_grad()
     def quality(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        """How the teacher sees a synthetic batch: agreement with the targets, confidence,
+        """How the teacher sees a synthetic batch (``judge``'s figures)."""
+        return self.judge(images, targets)[0]
+
+    @torch.no_grad()
+    def judge(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[dict[str, float], torch.Tensor | None]:
+        """How the teacher sees a synthetic batch, and its penultimate features (unit length; None
+        for a teacher without a Linear layer). The figures: agreement with the targets, confidence,
         entropy, class balance of its predictions (1 = even), the BatchNorm-statistics gap (the
         normalized distance of bn_stats.py: mean over layers and worst layer), diversity (mean
         cosine distance between penultimate features) and the mean cosine similarity of those
@@ -90,28 +96,14 @@ class Synthesizer:
             "synthesis/bn_loss": gap,
             "synthesis/bn_loss_max": worst,
         }
-        if features and n > 1:
-            f = F.normalize(features[-1].float().flatten(1), dim=1)
+        f = F.normalize(features[-1].float().flatten(1), dim=1) if features else None
+        if f is not None and n > 1:
             cosines = f @ f.T
             stats["synthesis/diversity"] = 1.0 - ((cosines.sum() - n) / (n * (n - 1))).item()
             same = (targets[:, None] == targets[None, :]).fill_diagonal_(False)
             if same.any():
                 stats["synthesis/within_class_similarity"] = cosines[same].mean().item()
-        return stats
-
-
-@contextlib.contextmanager
-def penultimate_features(model: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """The inputs of ``model``'s last Linear layer (its penultimate features), one tensor per
-    forward pass inside; none when the model has no Linear layer."""
-    features: list[torch.Tensor] = []
-    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    handle = heads[-1].register_forward_hook(lambda m, i, o: features.append(i[0])) if heads else None
-    try:
-        yield features
-    finally:
-        if handle is not None:
-            handle.remove()
+        return stats, f
 
 
 @contextlib.contextmanager

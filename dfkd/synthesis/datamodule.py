@@ -67,6 +67,7 @@ class SyntheticDataModule(L.LightningDataModule):
         self.last_batch: torch.Tensor | None = None
         self.refreshes, self.steps, self.images_made, self.seconds = 0, 0, 0, 0.0
         self.quality: dict[str, float] = {}  # sums of every batch's quality figures
+        self.judged: dict[str, int] = {}     # how many batches reported each (a figure may be missing)
         self.sampler = torch.Generator().manual_seed(seed)
 
     @staticmethod
@@ -102,6 +103,7 @@ class SyntheticDataModule(L.LightningDataModule):
         for key in QUALITY:
             if key in self.synthesizer.stats:
                 self.quality[key] = self.quality.get(key, 0.0) + self.synthesizer.stats[key]
+                self.judged[key] = self.judged.get(key, 0) + 1
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One augmented KD batch drawn uniformly from the pool."""
@@ -158,7 +160,7 @@ class SyntheticDataModule(L.LightningDataModule):
         return {"images": self.images.cpu(), "targets": self.targets.cpu(), "steps": self.steps,
                 "refreshes": self.refreshes, "images_made": self.images_made, "seconds": self.seconds,
                 "sampler": self.sampler.get_state(), "synthesizer": self.synthesizer.state_dict(),
-                "quality": self.quality}
+                "quality": self.quality, "judged": self.judged}
 
     def load_state_dict(self, state: dict) -> None:
         """Called by Lightning after ``setup`` when a run resumes from a checkpoint: the pool,
@@ -170,6 +172,7 @@ class SyntheticDataModule(L.LightningDataModule):
             self.images_made = state["images_made"]
             self.seconds = state.get("seconds", 0.0)
             self.quality = dict(state.get("quality", {}))
+            self.judged = dict(state.get("judged", {key: self.refreshes for key in self.quality}))
             if "sampler" in state:
                 self.sampler.set_state(state["sampler"])
             if "synthesizer" in state:
@@ -178,11 +181,11 @@ class SyntheticDataModule(L.LightningDataModule):
     def summary(self) -> dict:
         """What the dreams cost, and how the teacher judged them on average over every batch
         (``target_acc``, ``class_balance``, the BN gap, ...), for results.json."""
-        judged = {key.split("/", 1)[1]: total / max(self.refreshes, 1) for key, total in self.quality.items()}
+        means = {key.split("/", 1)[1]: total / max(self.judged.get(key, 0), 1) for key, total in self.quality.items()}
         mix = getattr(self.synthesizer, "target_mix", 0.0)
         return {"synthesizer": type(self.synthesizer).__name__, "synthesis_seconds": self.seconds,
                 **({"target_mix": mix} if mix else {}), "synthesized_images": self.images_made,
-                "pool_images": 0 if self.images is None else len(self.images), **judged}
+                "pool_images": 0 if self.images is None else len(self.images), **means}
 
 
 class _Stream(IterableDataset):

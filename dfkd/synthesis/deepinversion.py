@@ -5,7 +5,7 @@ see the statistics they were trained on, and the teacher sees the sampled target
          + bn_weight * mean_l w_l d_l(x')     (d_l: bn_stats.py, per channel and unitless by default)
          + tv_l1 * TV_1(x') + tv_l2 * TV_2(x') + l2 * mean_i ||x'_i||_2
          - competition_weight * JS(teacher(x') || student(x'))        (ADI, Yin et al. 2020)
-         + diversity_weight * mean_i softmax_j cos(f(x'_i), f_j)       (below)
+         + diversity_weight * mean_i t log mean_j exp(cos(f(x'_i), f_j) / t)   (below)
 
 where x' is x randomly jittered (rolled) and flipped, and w_1 = first_bn_multiplier, w_l = 1.
 With ``bn_momentum`` > 0 the statistics d_l compares are a moving average over the batches dreamed
@@ -15,10 +15,10 @@ Adam on the pixels with a cosine learning rate, optionally a first phase at half
 
 The diversity term keeps the dreams of a class from collapsing onto a few modes, as the memory bank
 of contrastive model inversion does (CMI, Fang et al., IJCAI 2021): f is the teacher's penultimate
-features (L2-normalized), and each dream's similarity to the other dreams of its own class (the rest
-of the batch and a memory of the last ``diversity_memory`` dreams) is a soft maximum over them,
-``diversity_temperature x log mean_j exp(cos / diversity_temperature)``, in cosine units. Other
-classes are left to the class term, which keeps them apart already.
+features (L2-normalized), j runs over the other dreams of dream i's class (the rest of the batch and
+a memory of the last ``diversity_memory`` dreams), t is ``diversity_temperature``, and the mean over
+i takes the dreams that have another of their class: a soft maximum of cosine similarities, in
+cosine units. Other classes are left to the class term, which keeps them apart already.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfkd.synthesis.base import Synthesizer, penultimate_features, temporarily_frozen
+from dfkd.models import classifier, penultimate_features
+from dfkd.synthesis.base import Synthesizer, temporarily_frozen
 from dfkd.errors import check
 from dfkd.synthesis.bn_stats import DISTANCES, BNStatsHook, bn_loss, bn_statistics, updated_history
 
@@ -98,26 +99,34 @@ class DeepInversion(Synthesizer):
         check(float(target_mix) == 0 or num_classes > 1, f"synthesis.synthesizer.target_mix={target_mix} "
               f"needs at least two classes (data.num_classes={num_classes}); set it to 0.")
         self.target_mix = float(target_mix)
-        check(float(diversity_weight) >= 0 and float(diversity_temperature) > 0 and int(diversity_memory) >= 0,
-              f"synthesis.synthesizer.diversity_weight={diversity_weight} must be >= 0, diversity_temperature="
-              f"{diversity_temperature} > 0 and diversity_memory={diversity_memory} >= 0 (dreams remembered).")
-        check(float(diversity_weight) == 0 or any(isinstance(m, nn.Linear) for m in teacher.modules()),
+        check(float(diversity_weight) >= 0, f"synthesis.synthesizer.diversity_weight={diversity_weight} must be "
+              f">= 0: how hard each dream is pushed away from the other dreams of its class (0: not at all).")
+        check(float(diversity_temperature) > 0, f"synthesis.synthesizer.diversity_temperature="
+              f"{diversity_temperature} must be > 0: the temperature of the diversity term's soft maximum (0.1).")
+        check(isinstance(diversity_memory, int) and diversity_memory >= 0,
+              f"synthesis.synthesizer.diversity_memory={diversity_memory!r} must be a whole number >= 0: how "
+              f"many earlier dreams the diversity term compares each new one with (0: its own batch only).")
+        check(float(diversity_weight) == 0 or classifier(teacher) is not None,
               f"synthesis.synthesizer.diversity_weight={diversity_weight} compares the teacher's penultimate "
               f"features (the input of its last Linear layer), and {type(teacher).__name__} has no Linear "
               f"layer: set synthesis.synthesizer.diversity_weight=0.")
-        self.diversity_temperature, self.diversity_memory = float(diversity_temperature), int(diversity_memory)
-        self.memory: tuple[torch.Tensor, torch.Tensor] | None = None  # earlier dreams' features and classes
+        self.diversity_temperature, self.diversity_memory = float(diversity_temperature), diversity_memory
+        # the last diversity_memory dreams' penultimate features (unit length) and target classes
+        self.feature_memory: tuple[torch.Tensor, torch.Tensor] | None = None
         self.bn_history: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def state_dict(self) -> dict:
         history = None if self.bn_history is None else [(m.cpu(), v.cpu()) for m, v in self.bn_history]
-        memory = None if self.memory is None else tuple(t.cpu() for t in self.memory)
-        return {**super().state_dict(), "bn_history": history, "memory": memory}
+        memory = None if self.feature_memory is None else tuple(t.cpu() for t in self.feature_memory)
+        return {**super().state_dict(), "bn_history": history, "feature_memory": memory}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.bn_history = state.get("bn_history")
-        self.memory = state.get("memory")
+        memory = state.get("feature_memory")  # as much of it as this run's settings keep
+        keep = self.diversity_memory if self.weights["diversity"] else 0
+        self.feature_memory = None if memory is None or keep == 0 else tuple(
+            t[-keep:].to(self.device) for t in memory)
 
     def bn_hooks(self):
         """The BatchNorm-statistics hooks of one batch (with the moving average when bn_momentum > 0)."""
@@ -145,36 +154,34 @@ class DeepInversion(Synthesizer):
         probs[torch.arange(n), other] += 1 - share
         return probs.to(targets.device)
 
-    def similarity(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """The diversity term: the mean over the batch of each dream's soft-maximum cosine
-        similarity to the other dreams of its class, in the batch and in the memory (0 where a
-        class has no other dream yet)."""
+    def diversity_loss(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """The diversity term: each dream's soft-maximum cosine similarity to the other dreams of
+        its class, in the batch and in the memory, averaged over the dreams that have one (0 when
+        none has)."""
         f = F.normalize(features.float().flatten(1), dim=1)
         others, other_classes = f.detach(), classes
-        if self.memory is not None:
-            others = torch.cat([self.memory[0].to(f), others])
-            other_classes = torch.cat([self.memory[1].to(classes), classes])
+        if self.feature_memory is not None:
+            others = torch.cat([self.feature_memory[0].to(f), others])
+            other_classes = torch.cat([self.feature_memory[1].to(classes), classes])
         same = classes[:, None] == other_classes[None, :]
         same[:, len(others) - len(f):].fill_diagonal_(False)  # not itself
-        t = self.diversity_temperature
-        logits = (f @ others.T / t).masked_fill(~same, -math.inf)
-        found = same.any(1)
-        if not found.any():
-            return f.new_zeros(())
-        soft = t * (torch.logsumexp(logits[found], 1) - same[found].sum(1).float().log())
-        return soft.mean()
+        t, count = self.diversity_temperature, same.sum(1)
+        # the lowest finite value, not -inf, for the others: a dream with none stays finite, and is
+        # then left out (no host-device synchronization, so no stall on a GPU)
+        logits = (f @ others.T / t).masked_fill(~same, torch.finfo(f.dtype).min)
+        soft = t * (torch.logsumexp(logits, 1) - count.clamp_min(1).float().log())
+        return torch.where(count > 0, soft, 0.0).sum() / count.gt(0).sum().clamp_min(1)
 
-    @torch.no_grad()
-    def remember(self, images: torch.Tensor, targets: torch.Tensor) -> None:
-        """Add a finished batch's features to the diversity term's memory (the oldest leave)."""
-        if not self.weights["diversity"] or self.diversity_memory == 0:
-            return
-        with penultimate_features(self.teacher) as features:
-            self.teacher(images)
-        f = F.normalize(features[-1].float().flatten(1), dim=1)
-        if self.memory is not None:
-            f, targets = torch.cat([self.memory[0].to(f), f]), torch.cat([self.memory[1].to(targets), targets])
-        self.memory = (f[-self.diversity_memory:], targets[-self.diversity_memory:])
+    def judge_and_remember(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """The finished batch's quality figures; its features join the diversity term's memory
+        (the oldest leave) when the term is on."""
+        stats, f = self.judge(images, targets)
+        if self.weights["diversity"] and self.diversity_memory > 0:
+            if self.feature_memory is not None:
+                f = torch.cat([self.feature_memory[0].to(f), f])
+                targets = torch.cat([self.feature_memory[1].to(targets), targets])
+            self.feature_memory = (f[-self.diversity_memory:], targets[-self.diversity_memory:])
+        return stats
 
     @property
     def competes(self) -> bool:
@@ -205,7 +212,7 @@ class DeepInversion(Synthesizer):
                  "tv_l1": tv_l1, "tv_l2": tv_l2, "l2": l2,
                  "adi": (js_divergence(logits, student_logits, self.competition_temperature)
                          if student_logits is not None else logits.new_zeros(())),
-                 "diversity": (self.similarity(features[0], targets if not targets.is_floating_point()
+                 "diversity": (self.diversity_loss(features[0], targets if not targets.is_floating_point()
                                                else targets.argmax(1)) if diverse else logits.new_zeros(()))}
         terms["total"] = sum(w * terms[k] for k, w in self.weights.items() if w)
         return terms
@@ -244,7 +251,7 @@ class DeepInversion(Synthesizer):
                 x = self.noise(n)
             best, best_loss = self._optimize(x, aims, self.iterations - warmup, hooks)
             self.remember_bn(hooks)
-        self.remember(best, targets)
-        self.stats = {"synthesis/seconds": time.perf_counter() - start,
-                      "synthesis/loss": best_loss, **self.quality(best, targets)}
+        seconds = time.perf_counter() - start  # judging the batch is not part of its cost
+        self.stats = {"synthesis/seconds": seconds, "synthesis/loss": best_loss,
+                      **self.judge_and_remember(best, targets)}
         return best, targets
