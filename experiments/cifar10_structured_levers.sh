@@ -43,8 +43,9 @@
 #   real_kd_cutmix_steps3000_coupled_keep: real_kd_cutmix_steps3000 with pruning.coupled=keep
 #   cutmix_steps3000_teacher_flip: cutmix_steps3000 with the teacher's labels averaged over each image
 #                     and its mirror image (recovery.teacher_flip=true)
-#   diversity3, diversity5, diversity8, diversity12: each dream pushed away from the other dreams of its class in the teacher's
-#                     penultimate features (synthesis.synthesizer.diversity_weight=3, 5, 8 or 12; CMI's memory bank)
+#   diversity3, diversity5, diversity8, diversity12: each dream pushed away from the other dreams
+#                     of its class in the teacher's penultimate features
+#                     (synthesis.synthesizer.diversity_weight=3, 5, 8 or 12; CMI's memory bank)
 #   diversity5_seed1: diversity5 with seed=1 (the same teacher)
 #   cutmix_steps3000_diversity8: cutmix_steps3000 with synthesis.synthesizer.diversity_weight=8
 #   cutmix_steps3000_diversity8_seed1: cutmix_steps3000_diversity8 with seed=1 (the same teacher)
