@@ -63,6 +63,9 @@ def _dream_warning(syn: dict) -> list[str]:
         mix = (f"Set synthesis.synthesizer.target_mix=0 first: dreams aimed at two classes (now "
                f"{syn['target_mix']}) are recognized less, and cost weak teachers accuracy. "
                if syn.get("target_mix") else "")
+        if syn.get("diversity_weight"):
+            mix += (f"Lower synthesis.synthesizer.diversity_weight (now {syn['diversity_weight']:g}) first: "
+                    f"dreams pushed apart within a class are recognized less. ")
         return [f"The teacher recognizes only {100 * syn['target_acc']:.0f}% of the dreams as their target "
                 f"class: the synthesis is not working. {mix}Lower synthesis.synthesizer.bn_weight, raise its "
                 f"warmup_steps or g_steps, or lower its learning rates."]

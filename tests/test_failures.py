@@ -71,12 +71,14 @@ def test_dreams_the_teacher_does_not_recognize_are_reported_loudly(make_cfg):
 
 def test_the_dream_warning_names_target_mix_when_dreams_aim_at_two_classes():
     """Dreams aimed at two classes are recognized less as their first class: when target_mix is
-    on, the warning says to turn it off first (results.json's synthesis block carries it)."""
+    on, the warning says to turn it off first (results.json's synthesis block carries it); so are
+    dreams pushed apart within a class (diversity_weight)."""
     from dfkd.report import _dream_warning
     syn = {"synthesizer": "FastSynthesizer", "target_acc": 0.45}
     assert "target_mix" not in _dream_warning(syn)[0]
     assert "synthesis.synthesizer.target_mix=0" in _dream_warning({**syn, "target_mix": 1.0})[0]
     assert _dream_warning({**syn, "target_acc": 0.9, "target_mix": 1.0}) == []
+    assert "synthesis.synthesizer.diversity_weight (now 50)" in _dream_warning({**syn, "diversity_weight": 50.0})[0]
 
 
 def test_a_healthy_run_has_no_warning(make_cfg):

@@ -182,9 +182,11 @@ class SyntheticDataModule(L.LightningDataModule):
         """What the dreams cost, and how the teacher judged them on average over every batch
         (``target_acc``, ``class_balance``, the BN gap, ...), for results.json."""
         means = {key.split("/", 1)[1]: total / max(self.judged.get(key, 0), 1) for key, total in self.quality.items()}
-        mix = getattr(self.synthesizer, "target_mix", 0.0)
+        # the settings that make dreams the teacher recognizes less, when on (the dream warning names them)
+        on = {"target_mix": getattr(self.synthesizer, "target_mix", 0.0),
+              "diversity_weight": getattr(self.synthesizer, "weights", {}).get("diversity", 0.0)}
         return {"synthesizer": type(self.synthesizer).__name__, "synthesis_seconds": self.seconds,
-                **({"target_mix": mix} if mix else {}), "synthesized_images": self.images_made,
+                **{k: v for k, v in on.items() if v}, "synthesized_images": self.images_made,
                 "pool_images": 0 if self.images is None else len(self.images), **means}
 
 
