@@ -47,6 +47,8 @@
 #                     of its class in the teacher's penultimate features
 #                     (synthesis.synthesizer.diversity_weight=3, 5, 8 or 12; CMI's memory bank)
 #   diversity5_seed1: diversity5 with seed=1 (the same teacher)
+#   cutmix_steps1000_again: cutmix_steps1000 again, with the cached teacher of the later rows
+#   cutmix_steps1000_diversity8: cutmix_steps1000 with synthesis.synthesizer.diversity_weight=8
 #   cutmix_steps3000_diversity8: cutmix_steps3000 with synthesis.synthesizer.diversity_weight=8
 #   cutmix_steps3000_diversity8_seed1: cutmix_steps3000_diversity8 with seed=1 (the same teacher)
 #   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 45 minutes)
@@ -97,6 +99,8 @@ declare -A extra=(
     [diversity3]="synthesis.synthesizer.diversity_weight=3" [diversity5]="synthesis.synthesizer.diversity_weight=5"
     [diversity5_seed1]="synthesis.synthesizer.diversity_weight=5 seed=1" [diversity8]="synthesis.synthesizer.diversity_weight=8"
     [diversity12]="synthesis.synthesizer.diversity_weight=12"
+    [cutmix_steps1000_again]="recovery.steps=1000 recovery.mix=cutmix"
+    [cutmix_steps1000_diversity8]="recovery.steps=1000 recovery.mix=cutmix synthesis.synthesizer.diversity_weight=8"
     [cutmix_steps3000_diversity8]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.diversity_weight=8"
     [cutmix_steps3000_diversity8_seed1]="recovery.steps=3000 recovery.mix=cutmix seed=1 synthesis.synthesizer.diversity_weight=8")
 for name in ${RUNS:-real_kd lr0.1 l2_global steps1000}; do
