@@ -3,9 +3,8 @@ distillation of a frozen teacher into a (pruned) student."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import lightning as L
 import numpy as np
@@ -15,7 +14,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from dfkd.errors import DfkdError, check, check_choice
-from dfkd.models import batchnorm_layers, classifier
+from dfkd.models import batchnorm_layers, captured_inputs, classifier
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -99,19 +98,6 @@ def mirror_mean(model: nn.Module, images: torch.Tensor, logits: torch.Tensor | N
     (recovery.teacher_flip); ``logits``: ``model(images)`` where the caller has it already."""
     logits = model(images) if logits is None else logits
     return (logits + model(torch.flip(images, dims=[-1]))) / 2
-
-
-@contextlib.contextmanager
-def captured_inputs(modules: list[nn.Module]) -> Iterator[list[torch.Tensor]]:
-    """The first input of each of ``modules``, in the order the forward pass reaches them; the
-    hooks are gone afterwards (a saved or exported student carries none)."""
-    seen: list[torch.Tensor] = []
-    handles = [m.register_forward_hook(lambda module, args, out: seen.append(args[0])) for m in modules]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def feature_loss(student: list[torch.Tensor], teacher: list[torch.Tensor],

@@ -2,7 +2,7 @@
 
 from dfkd.models.digits_cnn import DigitsCNN
 from dfkd.models.registry import ARCHITECTURES, create, custom
-from dfkd.models.utils import batchnorm_layers, classifier, has_batchnorm, penultimate_features
+from dfkd.models.utils import batchnorm_layers, captured_inputs, classifier, has_batchnorm, penultimate_features
 
-__all__ = ["ARCHITECTURES", "DigitsCNN", "batchnorm_layers", "classifier", "create", "custom", "has_batchnorm",
-           "penultimate_features"]
+__all__ = ["ARCHITECTURES", "DigitsCNN", "batchnorm_layers", "captured_inputs", "classifier", "create", "custom",
+           "has_batchnorm", "penultimate_features"]

@@ -25,14 +25,20 @@ def classifier(model: nn.Module) -> nn.Linear | None:
 
 
 @contextlib.contextmanager
-def penultimate_features(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+def captured_inputs(modules: list[nn.Module]) -> Iterator[list[torch.Tensor]]:
+    """The first input of each of ``modules``, in the order the forward pass reaches them; the
+    hooks are gone afterwards (a saved or exported student carries none)."""
+    seen: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda module, args, out: seen.append(args[0])) for m in modules]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def penultimate_features(model: nn.Module) -> contextlib.AbstractContextManager[list[torch.Tensor]]:
     """The inputs of ``model``'s last Linear layer (its penultimate features), one tensor per
     forward pass inside; none when the model has no Linear layer."""
-    features: list[torch.Tensor] = []
     head = classifier(model)
-    handle = head.register_forward_hook(lambda m, i, o: features.append(i[0])) if head is not None else None
-    try:
-        yield features
-    finally:
-        if handle is not None:
-            handle.remove()
+    return captured_inputs([head] if head is not None else [])

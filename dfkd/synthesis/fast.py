@@ -3,8 +3,8 @@ a small conditional generator, meta-learned across batches.
 
 Every batch starts from the generator's current (meta) weights and fresh latent codes; the
 generator and the codes take ``g_steps`` Adam steps on the DeepInversion loss (the same terms and
-weights, the ADI competition and diversity terms included when set); then the meta weights move towards the
-adapted ones (Reptile: theta += meta_lr * (theta_adapted - theta)). The first batch trains the
+weights, the ADI competition and diversity terms included when set); then the meta weights move
+towards the adapted ones (Reptile: theta += meta_lr * (theta_adapted - theta)). The first batch trains the
 generator longer (``warmup_steps``), from scratch. After that a new batch costs a few steps
 instead of hundreds. By default (``warmup_latents: fixed``) the warm-up fits one set of latent
 codes, so the next batches start from a generator fitted to codes it never sees again; with
