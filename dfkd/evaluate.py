@@ -8,6 +8,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from dfkd.data import ImageDataModule
+from dfkd.synthesis import dream, make_synthesizer
 
 
 def near_chance(acc: float, num_classes: int) -> bool:
@@ -74,10 +75,7 @@ def held_out_dreams(synthesizer, teacher: nn.Module, data: ImageDataModule, seed
                     batch_size: int = 256) -> torch.Tensor:
     """``n`` dreams from their own synthesizer (``synthesizer``: the factory conf/synthesis
     builds) with their own seed, so that no KD step ever sees them."""
-    maker = synthesizer(teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
-                        pixel_bounds=data.pixel_bounds(), seed=seed + 10007)
-    images = [maker.synthesize(min(batch_size, n - k))[0] for k in range(0, n, batch_size)]
-    return torch.cat(images).detach()
+    return dream(make_synthesizer(synthesizer, teacher, data, seed + 10007), n, batch_size)[0]
 
 
 class Judge:

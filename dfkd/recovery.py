@@ -32,7 +32,7 @@ from dfkd.errors import DfkdError, check, check_choice
 from dfkd.models import has_batchnorm
 from dfkd.modules import (FEATURE_LAYERS, KD_LOSSES, ClassifierModule, DistillModule, NetModule, check_mix,
                           matching_taps, recalibrate_batchnorm)
-from dfkd.synthesis import SynthesisMonitor, SyntheticDataModule
+from dfkd.synthesis import SynthesisMonitor, SyntheticDataModule, make_synthesizer
 from dfkd.trainer import make_trainer
 
 log = logging.getLogger(__name__)
@@ -207,14 +207,17 @@ class SyntheticKD(Recovery):
         return getattr(self.synthesizer, "func", self.synthesizer)
 
     @staticmethod
-    def check_dreamable(kind: type, model: nn.Module) -> None:
+    def check_dreamable(kind: type, model: nn.Module, remedy: str = "") -> None:
+        """Refuse a synthesizer that needs BatchNorm statistics for a teacher that has none;
+        ``remedy``: what else to set, for a caller other than recovery=dream_kd."""
         if getattr(kind, "needs_batchnorm", False) and not has_batchnorm(model):
             raise DfkdError(
                 f"synthesis={kind.__name__} dreams images by matching the teacher's BatchNorm "
                 f"statistics, but the teacher ({model.__class__.__name__}) has no BatchNorm layer. "
-                f"Use a teacher with BatchNorm, or a recovery that does not need it: "
-                f"recovery=noise_kd (no data) or recovery=real_kd (real data); in strict data-free "
-                f"mode, synthesis=noise too (its held-out dreams are made by synthesis=...).")
+                f"Use a teacher with BatchNorm, or " + (remedy or
+                f"a recovery that does not need it: recovery=noise_kd (no data) or recovery=real_kd (real "
+                f"data); in strict data-free mode, synthesis=noise too (its held-out dreams are made by "
+                f"synthesis=...)."))
 
     def validate(self, model, data, seed):
         super().validate(model, data, seed)
@@ -228,8 +231,7 @@ class SyntheticKD(Recovery):
               f"every dream).")
 
     def make_synthesizer(self, teacher, data, seed):
-        return self.synthesizer(teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
-                                pixel_bounds=data.pixel_bounds(), seed=seed)
+        return make_synthesizer(self.synthesizer, teacher, data, seed)
 
     def source(self, teacher, student, data, seed, out, curve=True):
         synthesizer = self.make_synthesizer(teacher, data, seed)

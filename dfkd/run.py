@@ -27,6 +27,7 @@ from dfkd.config import build, refuse_missing
 from dfkd.errors import DfkdError, check
 from dfkd.evaluate import Judge, held_out_dreams
 from dfkd.recovery import SyntheticKD
+from dfkd.synthesis import dream, make_synthesizer
 from dfkd.teacher import build_model, cache_file, check_fits, obtain_teacher
 
 log = logging.getLogger("dfkd")
@@ -62,6 +63,10 @@ def run(cfg: DictConfig) -> dict:
     held_out = build(cfg.synthesis.synthesizer, "synthesis.synthesizer") if strict else None
     if held_out is not None:
         SyntheticKD.check_dreamable(getattr(held_out, "func", held_out), model)
+    if prune.dreams:  # pruning.importance=taylor ranks channels on dreams of synthesis=..., whatever the recovery
+        dreamer = build(cfg.synthesis.synthesizer, "synthesis.synthesizer")
+        SyntheticKD.check_dreamable(getattr(dreamer, "func", dreamer), model, remedy=(
+            f"pruning.importance=l1 (pruning.importance={prune.importance} ranks channels on its dreams)."))
     device, nhwc, times = trainer.device_of(cfg.trainer), cfg.trainer.channels_last, Stopwatch()
     logger = loggers.build_logger(cfg)
     try:
@@ -123,10 +128,12 @@ class Stages:
         starts from), the recovery's summary, and each round's figures (none for one-shot pruning)."""
         ratios, example = prune.rounds(), torch.zeros(1, *self.data.image_shape)
         student, rounds, pruned, synthesis = copy.deepcopy(self.teacher).requires_grad_(True).train(), [], None, {}
+        with self.times("prune"):
+            dreams = self.pruning_dreams(prune.dreams)
         for k, ratio in enumerate(ratios):
             final = k == len(ratios) - 1
             with self.times("prune"):
-                student = prune(student, example, ratio=ratio)
+                student = prune(student, example, ratio=ratio, dreams=dreams)
             with self.times("evaluate"):
                 found = {**self.judge(student, self.teacher, validation=True),
                          "sparsity": pruning.sparsity(student)["overall"]}
@@ -145,6 +152,28 @@ class Stages:
                 with self.times("evaluate"):
                     rounds[-1]["recovered"] = self.judge(student, self.teacher, validation=True)
         return student, pruned, synthesis, rounds
+
+    def pruning_dreams(self, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``n`` dreams of conf/synthesis and their target classes, for a pruning method that ranks
+        on them (none for n = 0), with their own seed: no KD batch repeats them. Kept in
+        RUN_DIR/pruning_dreams.pt, which a resumed run reads back, so it prunes the same channels."""
+        if not n:
+            return None
+        path = self.out / "pruning_dreams.pt"
+        if self.cfg.get("resume") and path.is_file():
+            kept = torch.load(path, map_location="cpu", weights_only=True)
+            if len(kept["images"]) == n:
+                return kept["images"], kept["targets"]
+        start = time.perf_counter()
+        maker = make_synthesizer(build(self.cfg.synthesis.synthesizer, "synthesis.synthesizer"), self.teacher,
+                                 self.data, self.cfg.seed + 20011)
+        images, targets = dream(maker, n)
+        if rank_zero_only.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            torch.save({"images": images.cpu(), "targets": targets.cpu(), "mean": self.data.mean,
+                        "std": self.data.std}, path)
+        log.info("Dreamed %d images to rank channels on in %.0f s (kept in %s).", n, time.perf_counter() - start, path)
+        return images, targets
 
     def recover_round(self, recovery, student, folder: Path, final: bool, real_data: bool) -> dict:
         resume = bool(self.cfg.get("resume"))

@@ -51,6 +51,9 @@
 #   cutmix_steps1000_diversity8: cutmix_steps1000 with synthesis.synthesizer.diversity_weight=8
 #   cutmix_steps3000_diversity8: cutmix_steps3000 with synthesis.synthesizer.diversity_weight=8
 #   cutmix_steps3000_diversity8_seed1: cutmix_steps3000_diversity8 with seed=1 (the same teacher)
+#   taylor, taylor_seed1: channels ranked by the Taylor estimate on 1,024 dreams (pruning.importance=taylor),
+#                     seeds 0 and 1
+#   cutmix_steps3000_taylor, cutmix_steps3000_taylor_seed1: cutmix_steps3000 with pruning.importance=taylor
 #   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 45 minutes)
 #   cutmix_steps3000_adv1: cutmix_steps3000 with the adversarial (competition) term at weight 1:
 #                     dreams pushed to where student and teacher disagree (about 25 minutes)
@@ -102,7 +105,10 @@ declare -A extra=(
     [cutmix_steps1000_again]="recovery.steps=1000 recovery.mix=cutmix"
     [cutmix_steps1000_diversity8]="recovery.steps=1000 recovery.mix=cutmix synthesis.synthesizer.diversity_weight=8"
     [cutmix_steps3000_diversity8]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.diversity_weight=8"
-    [cutmix_steps3000_diversity8_seed1]="recovery.steps=3000 recovery.mix=cutmix seed=1 synthesis.synthesizer.diversity_weight=8")
+    [cutmix_steps3000_diversity8_seed1]="recovery.steps=3000 recovery.mix=cutmix seed=1 synthesis.synthesizer.diversity_weight=8"
+    [taylor]="pruning.importance=taylor" [taylor_seed1]="pruning.importance=taylor seed=1"
+    [cutmix_steps3000_taylor]="recovery.steps=3000 recovery.mix=cutmix pruning.importance=taylor"
+    [cutmix_steps3000_taylor_seed1]="recovery.steps=3000 recovery.mix=cutmix pruning.importance=taylor seed=1")
 for name in ${RUNS:-real_kd lr0.1 l2_global steps1000}; do
     [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
         teacher.seed=0 seed=0 pruning=structured pruning.ratio=0.5 deploy=none recovery.mix=none recovery.pool.augment=none synthesis.synthesizer.warmup_steps=200 ${extra[$name]} \

@@ -113,6 +113,7 @@ class Pruner:
     ``rounds`` are the ratios a schedule of prune-recover rounds passes through (one for one-shot)."""
 
     structured = False  # True: the student is a smaller network, not a masked copy of the teacher
+    dreams = 0  # > 0: the pipeline dreams that many images from the teacher for __call__ to rank on
 
     def __init__(self, ratio: float = 0.9, keep_dense=()) -> None:
         self.ratio = check_ratio(ratio)
@@ -138,7 +139,10 @@ class Pruner:
         """Refuse what cannot work on this (untrained) architecture."""
         self.pruned_layers(model)
 
-    def __call__(self, model: nn.Module, example: torch.Tensor | None = None, ratio: float | None = None) -> nn.Module:
+    def __call__(self, model: nn.Module, example: torch.Tensor | None = None, ratio: float | None = None,
+                 dreams: tuple[torch.Tensor, torch.Tensor] | None = None) -> nn.Module:
+        """Prune ``model`` in place to ``ratio`` (the schedule's round; None: the final ratio).
+        ``dreams``: (images, target classes) dreamed from the teacher, for methods that ask for them."""
         raise NotImplementedError
 
     def rounds(self) -> list[float]:

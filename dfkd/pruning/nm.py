@@ -61,7 +61,7 @@ class NM(Pruner):
                             f"the first layer) or choose a pruning.m that divides them.")
         return layers
 
-    def __call__(self, model, example=None, ratio=None):
+    def __call__(self, model, example=None, ratio=None, dreams=None):
         model.to(memory_format=torch.contiguous_format)
         for _, mod in self.pruned_layers(model):
             tprune.custom_from_mask(mod, "weight", nm_mask(mod.weight, self.n, self.m))

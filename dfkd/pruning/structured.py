@@ -4,7 +4,11 @@ convolutions and concatenations included), until the student has ``ratio`` fewer
 parameters) than the teacher. The student is a genuinely smaller network: every layer is thinner,
 so it runs faster on any hardware and its file is smaller.
 
-Channels are ranked by the L1 or L2 norm of their weights, or by their BatchNorm scale; the same
+Channels are ranked by the L1 or L2 norm of their weights, by their BatchNorm scale, or by the
+first-order Taylor estimate of how much the loss on dreams would change without them (``taylor``,
+Molchanov et al. 2019: |weight x gradient| summed over the channel's group; ``dreams`` images
+dreamed from the teacher by conf/synthesis, labelled by their target classes, so no real data is
+read; re-estimated before every 1% step); the same
 share of channels leaves every layer (uniform) or the least important across the network leave
 first (global), their scores put on one scale per layer by torch-pruning's ``normalizer`` (mean:
 each layer's scores over their mean; lamp: Lee et al.'s LAMP scores, as unstructured pruning's
@@ -21,6 +25,7 @@ import copy
 import logging
 
 import torch
+import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -33,7 +38,9 @@ log = logging.getLogger(__name__)
 
 IMPORTANCE = {"l1": lambda normalizer: tp.importance.MagnitudeImportance(p=1, normalizer=normalizer),
               "l2": lambda normalizer: tp.importance.MagnitudeImportance(p=2, normalizer=normalizer),
-              "bn_scale": lambda normalizer: tp.importance.BNScaleImportance(normalizer=normalizer)}
+              "bn_scale": lambda normalizer: tp.importance.BNScaleImportance(normalizer=normalizer),
+              "taylor": lambda normalizer: tp.importance.GroupTaylorImportance(normalizer=normalizer)}
+GRADIENT_BATCH = 256  # dreams per forward-backward pass of the taylor importance
 SCOPES = ("uniform", "global")
 NORMALIZERS = ("mean", "max", "sum", "lamp", "gaussian", "standarization")  # torch-pruning's names
 TARGETS = ("flops", "params")
@@ -66,6 +73,16 @@ def count(model: nn.Module, example: torch.Tensor, what: str) -> int:
     return int(counter.get_total_flops())
 
 
+def taylor_gradients(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> None:
+    """The gradients of the cross-entropy of ``model`` (in eval mode: the BatchNorm statistics stay)
+    on the dreams and their target classes, for torch-pruning's Taylor importance to read."""
+    model.zero_grad(set_to_none=True)
+    device = next(model.parameters()).device
+    for x, y in zip(images.split(GRADIENT_BATCH), targets.split(GRADIENT_BATCH)):
+        loss = F.cross_entropy(model(x.to(device)), y.to(device), reduction="sum") / len(images)
+        loss.backward()
+
+
 class Structured(Pruner):
     """Remove whole channels until ``ratio`` of the FLOPs (``target=flops``) or of the parameters
     (``target=params``) are gone; ``keep_dense`` layers keep their output channels (by default the
@@ -77,7 +94,7 @@ class Structured(Pruner):
 
     def __init__(self, ratio: float = 0.5, target: str = "flops", importance: str = "l1", scope: str = "uniform",
                  keep_dense=("last",), round_to: int | None = None, normalizer: str = "mean", rounds: int = 1,
-                 schedule: str = "cubic", coupled: str = "prune") -> None:
+                 schedule: str = "cubic", coupled: str = "prune", dreams: int = 1024) -> None:
         super().__init__(check_ratio(ratio, f"the fraction of the {target} removed"), keep_dense)
         check_choice("pruning.coupled", coupled, COUPLED)
         check_choice("pruning.target", target, TARGETS)
@@ -89,7 +106,11 @@ class Structured(Pruner):
               f"pruning.scope=global uses: set pruning.scope=global, or leave pruning.normalizer=mean.")
         check(round_to is None or (isinstance(round_to, int) and round_to >= 1),
               f"pruning.round_to={round_to!r} must be null or a whole number of channels >= 1.")
+        check(isinstance(dreams, int) and not isinstance(dreams, bool) and dreams >= 1,
+              f"pruning.dreams={dreams!r} must be a whole number >= 1: the images dreamed from the teacher that "
+              f"pruning.importance=taylor ranks channels on.")
         self.target, self.importance, self.scope, self.round_to = target, importance, scope, round_to
+        self.dreams = dreams if importance == "taylor" else 0  # what the pipeline dreams before pruning
         self.normalizer, self.coupled = normalizer, coupled
         self.in_rounds(rounds, schedule)
         self.found: dict = {}  # the last call's: "before" is the whole network's count, which every round's ratio is of
@@ -103,10 +124,17 @@ class Structured(Pruner):
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
                 with torch.no_grad():
                     m.weight.copy_(torch.rand(m.weight.shape, generator=generator) + 0.5)
-        self(model, example)
+        dreams = None
+        if self.dreams:  # noise stands in for the dreams: only whether the target is reachable is checked
+            images = torch.randn((2, *example.shape[1:]), generator=generator)
+            with torch.no_grad():
+                dreams = images, model.eval()(images).argmax(1)
+        self(model, example, dreams=dreams)
 
-    def __call__(self, model, example=None, ratio=None):
+    def __call__(self, model, example=None, ratio=None, dreams=None):
         check(example is not None, "pruning=structured needs an example input to trace the network.")
+        check(not self.dreams or dreams is not None, "pruning.importance=taylor ranks channels on dreams, "
+              "but none were given to the pruner: this is a bug in the caller, please report it.")
         # a later round of the schedule gets the network the round before left; its ratio, like every
         # round's, is of the whole network, counted when the first round (or a one-shot call) got it
         later = ratio is not None and any(abs(ratio - r) < 1e-9 for r in self._rounds[1:])
@@ -137,7 +165,10 @@ class Structured(Pruner):
         for _ in range(STEPS):
             if count(model, example, self.target) <= goal:
                 break
+            if self.dreams:
+                taylor_gradients(model, *dreams)
             pruner.step()
+        model.zero_grad(set_to_none=True)
         after = count(model, example, self.target)
         model.train(was_training)
         if after > goal * 1.001:
@@ -179,6 +210,7 @@ class Structured(Pruner):
         if len(self._rounds) > 1:
             ranked += f" {self.rounds_label()}"
             rounds = self.rounds_settings()
+        dreams = {"pruning_dreams": self.dreams} if self.dreams else {}
         return {"pruning_ratio": self.ratio, "pruning_method": f"structured {ranked}",
                 "pruning_scope": self.scope, "pruning_normalizer": self.normalizer, "pruning_target": self.target,
-                "pruning_keep_dense": self.keep_dense, "pruning_coupled": self.coupled, **rounds}
+                "pruning_keep_dense": self.keep_dense, "pruning_coupled": self.coupled, **rounds, **dreams}

@@ -74,7 +74,7 @@ class Unstructured(Pruner):
         check_method_and_scope(method, scope)
         self.method, self.scope = method, scope
 
-    def __call__(self, model, example=None, ratio=None):
+    def __call__(self, model, example=None, ratio=None, dreams=None):
         return prune(model, self.ratio if ratio is None else ratio, self.method, self.scope, self.keep_dense)
 
     def label(self) -> str:
@@ -102,7 +102,7 @@ class Iterative(Unstructured):
         super().__init__(ratio, method, scope, keep_dense)
         self.in_rounds(rounds, schedule)
 
-    def __call__(self, model, example=None, ratio=None):
+    def __call__(self, model, example=None, ratio=None, dreams=None):
         return super().__call__(make_permanent(model), example, ratio)
 
     def describe(self) -> str:

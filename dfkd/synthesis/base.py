@@ -106,6 +106,19 @@ class Synthesizer:
         return stats, f
 
 
+def make_synthesizer(factory, teacher: nn.Module, data, seed: int) -> Synthesizer:
+    """The synthesizer conf/synthesis builds (``factory``: its partial) for ``teacher`` and the
+    images of ``data`` (an ImageDataModule), with its own ``seed``."""
+    return factory(teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
+                   pixel_bounds=data.pixel_bounds(), seed=seed)
+
+
+def dream(synthesizer: Synthesizer, n: int, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` dreams of ``synthesizer`` and their target classes, in batches of ``batch_size``."""
+    batches = [synthesizer.synthesize(min(batch_size, n - k)) for k in range(0, n, batch_size)]
+    return torch.cat([x for x, _ in batches]).detach(), torch.cat([y for _, y in batches])
+
+
 @contextlib.contextmanager
 def temporarily_frozen(model: nn.Module | None) -> Iterator[None]:
     """Use ``model`` (the student, mid-training) for synthesis only: eval mode and no parameter
