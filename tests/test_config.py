@@ -163,6 +163,8 @@ def _no_work_done(cache_dir: Path, out: Path) -> bool:
      "recovery.feature_layers=penultimate"),
     ("recovery=real_kd recovery.mix_alpha=0", "recovery.mix_alpha"),
     ("pruning=structured recovery.feature_weight=1", "recovery.feature_weight=0 with structured"),
+    ("pruning=structured pruning.importance=taylor pruning.dreams=0", "pruning.dreams"),
+    ("model.batch_norm=false recovery=real_kd pruning=structured pruning.importance=taylor", "pruning.importance=l1"),
     ("synthesis.synthesizer.g_steps=0", "synthesis.synthesizer.g_steps"),
     ("synthesis.synthesizer.generators=0", "synthesis.synthesizer.generators"),
     ("synthesis.synthesizer.warmup_latents=random", "synthesis.synthesizer.warmup_latents"),

@@ -131,6 +131,28 @@ def test_structured_pruning_in_rounds_resumes_with_the_thinner_round(make_cfg, t
     assert again["pruning"]["removed"] == results["pruning"]["removed"]
 
 
+@pytest.mark.slow
+def test_taylor_pruning_ranks_on_dreams_it_keeps_for_a_resume(make_cfg, tmp_path, caplog):
+    import logging
+
+    settings = ("pruning=structured", "pruning.importance=taylor", "pruning.scope=global", "pruning.dreams=64",
+                "recovery.steps=10", "deploy=none")
+    with caplog.at_level(logging.INFO):
+        results = run(make_cfg(*settings))
+    assert "Dreamed 64 images to rank channels on" in caplog.text
+    kept = torch.load(tmp_path / "pruning_dreams.pt", weights_only=True)
+    assert kept["images"].shape == (64, 1, 8, 8) and kept["targets"].shape == (64,)
+    assert results["config"]["pruning_method"] == "structured taylor global"
+    assert results["config"]["pruning_dreams"] == 64 and results["pruning"]["removed"] >= 0.5 - 1e-3
+    # a resumed run ranks on the same dreams, so it prunes the same channels (global: the counts follow the ranking)
+    (tmp_path / "results.json").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        again = run(make_cfg(*settings, f"resume={tmp_path}"))
+    assert "Dreamed" not in caplog.text
+    assert again["pruning"]["channels"] == results["pruning"]["channels"]
+
+
 def test_more_rounds_than_steps_are_refused(make_cfg):
     with pytest.raises(DfkdError, match=r"pruning\.rounds=5.*recovery\.steps=3"):
         run(make_cfg("pruning=iterative", "pruning.rounds=5", "recovery.steps=3"))

@@ -316,6 +316,49 @@ def test_keeping_coupled_channels_says_so_where_nothing_is_coupled(caplog):
     assert [m.weight.shape for _, m in pruning.prunable(kept)] == [m.weight.shape for _, m in pruning.prunable(plain)]
 
 
+def _dreams(model, n=32, shape=(1, 8, 8)):
+    """Stand-ins for dreams: noise, labelled by the model."""
+    images = torch.randn(n, *shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return images, model.eval()(images).argmax(1)
+
+
+def test_taylor_importance_removes_a_channel_the_output_does_not_need_whatever_its_weights():
+    def model():
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                  torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                  torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+        with torch.no_grad():  # channel 0 of the first conv: the largest weights, read by nothing
+            net[0].weight[0] *= 100
+            net[3].weight[:, 0] = 0
+        return net.eval()
+
+    def kept_large_channel(importance):
+        net = model()
+        pruner = pruning.Structured(0.3, importance=importance, dreams=32)
+        net = pruner(net, torch.zeros(1, 1, 8, 8), dreams=_dreams(model()))
+        assert net[0].out_channels < 8 and all(p.grad is None for p in net.parameters())
+        return bool(net[0].weight.abs().amax() > 10)
+
+    assert kept_large_channel("l1")  # weight norms keep it
+    assert not kept_large_channel("taylor")  # the loss on the dreams does not change without it
+
+
+def test_taylor_importance_needs_dreams_and_a_sensible_count():
+    pruner = pruning.Structured(0.5, importance="taylor", dreams=64)
+    assert pruner.dreams == 64 and pruning.Structured(0.5, dreams=64).dreams == 0  # only taylor asks for dreams
+    assert pruner.settings()["pruning_dreams"] == 64 and "pruning_dreams" not in pruning.Structured(0.5).settings()
+    pruner.validate(_model(), torch.zeros(1, 1, 8, 8))  # noise stands in for dreams on the untrained network
+    with pytest.raises(DfkdError, match="none were given"):
+        pruner(_model(), torch.zeros(1, 1, 8, 8))
+    for bad in (0, 2.5, True):
+        with pytest.raises(DfkdError, match=r"pruning\.dreams"):
+            pruning.Structured(0.5, importance="taylor", dreams=bad)
+    model = pruner(_model(), torch.zeros(1, 1, 8, 8), dreams=_dreams(_model()))
+    assert pruner.found["removed"] >= 0.5 - 1e-3 and model.eval()(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
 def test_structured_pruning_leaves_batchnorm_statistics_alone():
     model = _model()
     bn = model.features[1]
