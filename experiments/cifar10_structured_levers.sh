@@ -51,6 +51,7 @@
 #   cutmix_steps1000_diversity8: cutmix_steps1000 with synthesis.synthesizer.diversity_weight=8
 #   cutmix_steps3000_diversity8: cutmix_steps3000 with synthesis.synthesizer.diversity_weight=8
 #   cutmix_steps3000_diversity8_seed1: cutmix_steps3000_diversity8 with seed=1 (the same teacher)
+#   cutmix_steps3000_seed2, cutmix_steps3000_diversity8_seed2: the same two with seed=2
 #   taylor, taylor_seed1: channels ranked by the Taylor estimate on 1,024 dreams (pruning.importance=taylor),
 #                     seeds 0 and 1
 #   cutmix_steps3000_taylor, cutmix_steps3000_taylor_seed1: cutmix_steps3000 with pruning.importance=taylor
@@ -106,6 +107,8 @@ declare -A extra=(
     [cutmix_steps1000_diversity8]="recovery.steps=1000 recovery.mix=cutmix synthesis.synthesizer.diversity_weight=8"
     [cutmix_steps3000_diversity8]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.diversity_weight=8"
     [cutmix_steps3000_diversity8_seed1]="recovery.steps=3000 recovery.mix=cutmix seed=1 synthesis.synthesizer.diversity_weight=8"
+    [cutmix_steps3000_seed2]="recovery.steps=3000 recovery.mix=cutmix seed=2"
+    [cutmix_steps3000_diversity8_seed2]="recovery.steps=3000 recovery.mix=cutmix seed=2 synthesis.synthesizer.diversity_weight=8"
     [taylor]="pruning.importance=taylor" [taylor_seed1]="pruning.importance=taylor seed=1"
     [cutmix_steps3000_taylor]="recovery.steps=3000 recovery.mix=cutmix pruning.importance=taylor"
     [cutmix_steps3000_taylor_seed1]="recovery.steps=3000 recovery.mix=cutmix pruning.importance=taylor seed=1")
