@@ -48,6 +48,7 @@ class Recovery:
     """The shared budget and the Lightning fit; subclasses choose the module and the batches."""
 
     uses_real_data = False
+    distills = True  # the teacher labels the batches (recovery=finetune: the data set's labels)
 
     def __init__(self, name: str, steps: int = 300, batch_size: int = 128, temperature: float = 4.0,
                  loss: str = "kl", ce_weight: float = 0.0, gradient_clip_val: float | None = None,
@@ -84,7 +85,7 @@ class Recovery:
         """Refuse what cannot work, given the (untrained) architecture, before any work."""
         if self.feature_weight:
             matching_taps(model, model, self.feature_layers, self.feature_weight)
-        check(not self.teacher_flip or data.hflip,
+        check(not self.teacher_flip or not self.distills or data.hflip,
               f"recovery.teacher_flip=true labels KD batches by the teacher's mean output on the images and their "
               f"mirror images, but data.hflip=false says a mirrored {data.name} image may not keep its class: set "
               f"recovery.teacher_flip=false.")
@@ -160,6 +161,8 @@ class Recovery:
 class NoRecovery(Recovery):
     """Keep the pruned student as it is (recovery=none)."""
 
+    distills = False
+
     def recover(self, *args, **kwargs) -> dict:
         return {}
 
@@ -180,6 +183,8 @@ class RealKD(Recovery):
 
 class FineTune(RealKD):
     """Cross-entropy on the real train split's labels (recovery=finetune)."""
+
+    distills = False
 
     def module(self, teacher, student, num_classes, channels_last):
         if self.mix != "none" or self.feature_weight or self.loss != "kl" or self.teacher_flip:

@@ -259,6 +259,18 @@ def test_the_anchor_keeps_the_student_near_the_weights_recovery_started_from():
         assert module.anchor_weight == 0.5 and module.anchor is not None  # every method that trains
 
 
+def test_teacher_flip_is_refused_where_mirroring_changes_the_class_but_not_where_no_teacher_labels():
+    from types import SimpleNamespace
+
+    from dfkd.recovery import FineTune, NoRecovery, RealKD
+
+    unmirrored, model = SimpleNamespace(hflip=False, name="digits"), DigitsCNN(width=4)
+    with pytest.raises(DfkdError, match=r"recovery\.teacher_flip=false"):
+        RealKD("real_kd", teacher_flip=True).validate(model, unmirrored, 0)
+    for method in (FineTune("finetune", teacher_flip=True), NoRecovery("none", teacher_flip=True)):
+        method.validate(model, unmirrored, 0)  # finetune trains on the labels: it ignores the setting (and says so)
+
+
 def test_the_flipped_teacher_labels_each_batch_by_its_mean_on_both_mirror_images():
     """recovery.teacher_flip: the KD target is the teacher's mean logits on the images and their
     mirror images, so the student learns from the flip-averaged teacher; off, the plain teacher."""

@@ -64,6 +64,11 @@ def coupled_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
     return found
 
 
+def channels(model: nn.Module) -> dict[str, int]:
+    """The output channels of every conv and linear layer, by name."""
+    return {n: int(m.weight.shape[0]) for n, m in prunable(model)}
+
+
 def count(model: nn.Module, example: torch.Tensor, what: str) -> int:
     """The model's parameters, or its FLOPs on ``example`` (torch's own counter)."""
     if what == "params":
@@ -180,7 +185,7 @@ class Structured(Pruner):
                             f"pruning.ratio, or leave fewer layers dense (pruning.keep_dense"
                             f"{', pruning.coupled=prune' if kept else ''}).")
         self.found = {"before": before, "after": after, "removed": 1 - after / before, "coupled": len(kept),
-                      "channels": {n: int(m.weight.shape[0]) for n, m in prunable(model)}}
+                      "channels": channels(model)}
         return model
 
     def _round(self, ratio: float) -> int:
@@ -189,8 +194,7 @@ class Structured(Pruner):
 
     def check_kept(self, model):
         """The student still has the pruned channel counts; returns the share of its zero weights."""
-        channels = {n: int(m.weight.shape[0]) for n, m in prunable(model)}
-        if self.found and channels != self.found["channels"]:
+        if self.found and channels(model) != self.found["channels"]:
             raise undone("the student's channel counts changed")
         return sparsity(model)["overall"]
 
