@@ -155,8 +155,9 @@ class Stages:
 
     def pruning_dreams(self, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``n`` dreams of conf/synthesis and their target classes, for a pruning method that ranks
-        on them (none for n = 0), with their own seed: no KD batch repeats them. Kept in
-        RUN_DIR/pruning_dreams.pt, which a resumed run reads back, so it prunes the same channels."""
+        on them (none for n = 0), with their own seed: no KD batch repeats them, and the global random
+        stream is left as it was. Kept in RUN_DIR/pruning_dreams.pt, which a resumed run reads back,
+        so it prunes the same channels."""
         if not n:
             return None
         path = self.out / "pruning_dreams.pt"
@@ -165,12 +166,13 @@ class Stages:
             if len(kept["images"]) == n:
                 return kept["images"], kept["targets"]
         start = time.perf_counter()
-        maker = make_synthesizer(build(self.cfg.synthesis.synthesizer, "synthesis.synthesizer"), self.teacher,
-                                 self.data, self.cfg.seed + 20011)
-        images, targets = dream(maker, n)
+        with torch.random.fork_rng(devices=[]):  # a generator's initial weights come from the global stream
+            maker = make_synthesizer(build(self.cfg.synthesis.synthesizer, "synthesis.synthesizer"), self.teacher,
+                                     self.data, self.cfg.seed + 20011)
+            images, targets = (t.cpu() for t in dream(maker, n))  # batches go to the student's device in turn
         if rank_zero_only.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            torch.save({"images": images.cpu(), "targets": targets.cpu(), "mean": self.data.mean,
+            torch.save({"images": images, "targets": targets, "mean": self.data.mean,
                         "std": self.data.std}, path)
         log.info("Dreamed %d images to rank channels on in %.0f s (kept in %s).", n, time.perf_counter() - start, path)
         return images, targets
