@@ -28,7 +28,7 @@ from dfkd.errors import DfkdError, check
 from dfkd.evaluate import Judge, held_out_dreams
 from dfkd.recovery import SyntheticKD
 from dfkd.synthesis import dream, make_synthesizer
-from dfkd.teacher import build_model, cache_file, check_fits, obtain_teacher
+from dfkd.teacher import build_model, cache_file, check_fits, obtain_teacher, write_atomically
 
 log = logging.getLogger("dfkd")
 
@@ -57,16 +57,17 @@ def run(cfg: DictConfig) -> dict:
         data.setup()
     model = build_model(cfg.model, cfg.teacher.seed)
     check_fits(model, cfg.model.name, data)
-    prune.validate(model, torch.zeros(1, *data.image_shape))
-    recovery.validate(model, data, cfg.seed)
-    # strict mode: the held-out dreams come from synthesis=..., whatever the recovery
-    held_out = build(cfg.synthesis.synthesizer, "synthesis.synthesizer") if strict else None
-    if held_out is not None:
-        SyntheticKD.check_dreamable(getattr(held_out, "func", held_out), model)
-    if prune.dreams:  # pruning.importance=taylor ranks channels on dreams of synthesis=..., whatever the recovery
-        dreamer = build(cfg.synthesis.synthesizer, "synthesis.synthesizer")
+    # strict mode's held-out dreams, and the dreams pruning.importance=taylor ranks channels on, come
+    # from synthesis=..., whatever the recovery
+    dreamer = build(cfg.synthesis.synthesizer, "synthesis.synthesizer") if strict or prune.dreams else None
+    if prune.dreams:
         SyntheticKD.check_dreamable(getattr(dreamer, "func", dreamer), model, remedy=(
             f"pruning.importance=l1 (pruning.importance={prune.importance} ranks channels on its dreams)."))
+    if strict:
+        SyntheticKD.check_dreamable(getattr(dreamer, "func", dreamer), model)
+    prune.validate(model, torch.zeros(1, *data.image_shape))
+    recovery.validate(model, data, cfg.seed)
+    held_out = dreamer if strict else None
     device, nhwc, times = trainer.device_of(cfg.trainer), cfg.trainer.channels_last, Stopwatch()
     logger = loggers.build_logger(cfg)
     try:
@@ -81,7 +82,7 @@ def run(cfg: DictConfig) -> dict:
                       if held_out is not None else None)
             judge = Judge(data, device, nhwc, dreams)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        stages = Stages(cfg, teacher, data, judge, logger, out, times)
+        stages = Stages(cfg, teacher, data, judge, logger, out, times, dreamer)
         student, pruned, synthesis, rounds = stages.prune_and_recover(prune, recovery, real_data=not strict)
         student = pruning.make_permanent(student.cpu())
         prune.check_kept(student)
@@ -119,17 +120,22 @@ class Stages:
     pruning=structured with pruning.rounds), which share recovery.steps. A round's student is kept
     in RUN_DIR/round_K/student.pt, so a resumed run starts from the first unfinished round."""
 
-    def __init__(self, cfg: DictConfig, teacher, data, judge: Judge, logger, out: Path, times: Stopwatch) -> None:
+    def __init__(self, cfg: DictConfig, teacher, data, judge: Judge, logger, out: Path, times: Stopwatch,
+                 dreamer=None) -> None:
         self.cfg, self.teacher, self.data, self.judge = cfg, teacher, data, judge
         self.logger, self.out, self.times = logger, out, times
+        self.dreamer = dreamer  # the synthesizer factory (synthesis=...) of the pruning dreams
 
     def prune_and_recover(self, prune, recovery, real_data: bool = True):
         """The student, its figures right after pruning (the last round's, which its last recovery
         starts from), the recovery's summary, and each round's figures (none for one-shot pruning)."""
         ratios, example = prune.rounds(), torch.zeros(1, *self.data.image_shape)
+        dreams = None
+        if prune.dreams:  # dreamed and scored on the run's device, wherever the cache left the teacher
+            self.teacher.to(self.judge.device)
+            with self.times("dream"):
+                dreams = self.pruning_dreams(prune.dreams)
         student, rounds, pruned, synthesis = copy.deepcopy(self.teacher).requires_grad_(True).train(), [], None, {}
-        with self.times("prune"):
-            dreams = self.pruning_dreams(prune.dreams)
         for k, ratio in enumerate(ratios):
             final = k == len(ratios) - 1
             with self.times("prune"):
@@ -153,29 +159,29 @@ class Stages:
                     rounds[-1]["recovered"] = self.judge(student, self.teacher, validation=True)
         return student, pruned, synthesis, rounds
 
-    def pruning_dreams(self, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``n`` dreams of conf/synthesis and their target classes, for a pruning method that ranks
-        on them (none for n = 0), with their own seed: no KD batch repeats them, and the global random
-        stream is left as it was. Kept in RUN_DIR/pruning_dreams.pt, which a resumed run reads back,
-        so it prunes the same channels."""
-        if not n:
-            return None
+    def pruning_dreams(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` dreams of conf/synthesis, each with the teacher's class for it, for a pruning method
+        that ranks on them. They have their own seed (no KD batch repeats them) and
+        leave the global random stream on the CPU as it was. Kept in RUN_DIR/pruning_dreams.pt: a
+        resumed run, and every DDP rank but the first (started after it pruned), reads them back, so
+        that all prune the same channels."""
         path = self.out / "pruning_dreams.pt"
-        if self.cfg.get("resume") and path.is_file():
+        if (self.cfg.get("resume") or rank_zero_only.rank > 0) and path.is_file():
             kept = torch.load(path, map_location="cpu", weights_only=True)
-            if len(kept["images"]) == n:
-                return kept["images"], kept["targets"]
+            return kept["images"], kept["classes"]
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # a generator's initial weights come from the global stream
-            maker = make_synthesizer(build(self.cfg.synthesis.synthesizer, "synthesis.synthesizer"), self.teacher,
-                                     self.data, self.cfg.seed + 20011)
-            images, targets = (t.cpu() for t in dream(maker, n))  # batches go to the student's device in turn
+            maker = make_synthesizer(self.dreamer, self.teacher, self.data, self.cfg.seed + 20011)
+            images = dream(maker, n)[0]
+        with torch.no_grad():
+            classes = torch.cat([self.teacher(x).argmax(1) for x in images.split(256)]).cpu()
+        images = images.cpu()  # minibatches go to the student's device in turn
         if rank_zero_only.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            torch.save({"images": images, "targets": targets, "mean": self.data.mean,
-                        "std": self.data.std}, path)
+            write_atomically(path, lambda tmp: torch.save(
+                {"images": images, "classes": classes, "mean": self.data.mean, "std": self.data.std}, tmp))
         log.info("Dreamed %d images to rank channels on in %.0f s (kept in %s).", n, time.perf_counter() - start, path)
-        return images, targets
+        return images, classes
 
     def recover_round(self, recovery, student, folder: Path, final: bool, real_data: bool) -> dict:
         resume = bool(self.cfg.get("resume"))

@@ -207,7 +207,7 @@ def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tra
         known = json.loads(facts.read_text()) if facts.is_file() else {}
         if "acc" not in known or (data.val_size and "val_acc" not in known):
             known = {**known, **scores(teacher, data, device, nhwc)}
-            _write_atomically(facts, lambda tmp: tmp.write_text(json.dumps(known)))
+            write_atomically(facts, lambda tmp: tmp.write_text(json.dumps(known)))
         log.info("Teacher from the cache: %s, test accuracy %.2f%%", cache, 100 * known["acc"])
         return teacher, {"source": str(cache), "cached": True, **known}
     return _train_and_cache(model, cfg, data, trainer, cache, Path(run_dir))
@@ -234,8 +234,8 @@ def _train_and_cache(model: nn.Module, cfg: DictConfig, data: ImageDataModule, t
             f"weights are in {kept}). Lower teacher.optimizer.lr (now {cfg.optimizer.get('lr')}), train "
             f"longer (teacher.epochs={cfg.epochs}), or check the data (data.root, data.num_classes).")
     try:  # atomic: an interrupted run never leaves a half-written teacher
-        _write_atomically(cache, lambda tmp: torch.save(teacher.state_dict(), tmp))
-        _write_atomically(cache.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(known)))
+        write_atomically(cache, lambda tmp: torch.save(teacher.state_dict(), tmp))
+        write_atomically(cache.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(known)))
     except OSError as err:
         kept = run_dir / "teacher.pt"
         torch.save(teacher.state_dict(), kept)
@@ -259,7 +259,7 @@ def _check_writable(folder: Path) -> None:
                         f"writable folder.") from err
 
 
-def _write_atomically(path: Path, write) -> None:
+def write_atomically(path: Path, write) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     write(tmp)
     os.replace(tmp, path)

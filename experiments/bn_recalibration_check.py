@@ -46,7 +46,12 @@ def main(run: Path) -> None:
     data.setup()
     cache = cache_file(cfg.paths.cache_dir, cfg.model, cfg.data, cfg.teacher, cfg.trainer)
     teacher = load_weights(build_model(cfg.model, cfg.teacher.seed), cache).eval()
-    student = prune(copy.deepcopy(teacher), torch.zeros(1, *data.image_shape), ratio=prune.ratio)
+    dreams = None  # pruning.importance=taylor: the run's own dreams, so the same channels are pruned
+    if prune.dreams:
+        kept = torch.load(run / "pruning_dreams.pt", map_location="cpu", weights_only=True)
+        dreams = kept["images"], kept["classes"]
+    student = prune(copy.deepcopy(teacher).requires_grad_(True), torch.zeros(1, *data.image_shape),
+                    ratio=prune.ratio, dreams=dreams)
     student.load_state_dict(torch.load(run / "student.pt", map_location="cpu", weights_only=True))
     student.eval()
     generator = torch.Generator().manual_seed(0)

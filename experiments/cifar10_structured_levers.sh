@@ -53,7 +53,10 @@
 #   cutmix_steps3000_diversity8_seed1: cutmix_steps3000_diversity8 with seed=1 (the same teacher)
 #   cutmix_steps3000_seed2, cutmix_steps3000_diversity8_seed2: the same two with seed=2
 #   taylor, taylor_seed1: channels ranked by the Taylor estimate on 1,024 dreams (pruning.importance=taylor),
-#                     seeds 0 and 1
+#                     seeds 0 and 1, as commit 4466143 computed it (torch-pruning's |weight x mean gradient|
+#                     over each channel's group, labels the dreams' target classes)
+#   taylor_fo, taylor_fo_seed1: the same with Molchanov et al.'s estimate (dfkd/pruning/taylor.py: the
+#                     BatchNorm gate's first-order term, squared per minibatch of 64 dreams, labels the teacher's)
 #   cutmix_steps3000_taylor, cutmix_steps3000_taylor_seed1: cutmix_steps3000 with pruning.importance=taylor
 #   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 45 minutes)
 #   cutmix_steps3000_adv1: cutmix_steps3000 with the adversarial (competition) term at weight 1:
@@ -110,6 +113,7 @@ declare -A extra=(
     [cutmix_steps3000_seed2]="recovery.steps=3000 recovery.mix=cutmix seed=2"
     [cutmix_steps3000_diversity8_seed2]="recovery.steps=3000 recovery.mix=cutmix seed=2 synthesis.synthesizer.diversity_weight=8"
     [taylor]="pruning.importance=taylor" [taylor_seed1]="pruning.importance=taylor seed=1"
+    [taylor_fo]="pruning.importance=taylor" [taylor_fo_seed1]="pruning.importance=taylor seed=1"
     [cutmix_steps3000_taylor]="recovery.steps=3000 recovery.mix=cutmix pruning.importance=taylor"
     [cutmix_steps3000_taylor_seed1]="recovery.steps=3000 recovery.mix=cutmix pruning.importance=taylor seed=1")
 for name in ${RUNS:-real_kd lr0.1 l2_global steps1000}; do

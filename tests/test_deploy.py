@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -132,8 +133,10 @@ def test_structured_pruning_in_rounds_resumes_with_the_thinner_round(make_cfg, t
 
 
 @pytest.mark.slow
-def test_taylor_pruning_ranks_on_dreams_it_keeps_for_a_resume(make_cfg, tmp_path, caplog):
+def test_taylor_pruning_ranks_on_dreams_it_keeps_for_a_resume(make_cfg, tmp_path, caplog, monkeypatch):
     import logging
+
+    import dfkd.run
 
     settings = ("pruning=structured", "pruning.importance=taylor", "pruning.scope=global", "pruning.dreams=64",
                 "recovery.steps=10", "deploy=none")
@@ -141,16 +144,33 @@ def test_taylor_pruning_ranks_on_dreams_it_keeps_for_a_resume(make_cfg, tmp_path
         results = run(make_cfg(*settings))
     assert "Dreamed 64 images to rank channels on" in caplog.text
     kept = torch.load(tmp_path / "pruning_dreams.pt", weights_only=True)
-    assert kept["images"].shape == (64, 1, 8, 8) and kept["targets"].shape == (64,)
+    assert kept["images"].shape == (64, 1, 8, 8) and kept["classes"].shape == (64,)
     assert results["config"]["pruning_method"] == "structured taylor global"
     assert results["config"]["pruning_dreams"] == 64 and results["pruning"]["removed"] >= 0.5 - 1e-3
-    # a resumed run ranks on the same dreams, so it prunes the same channels (global: the counts follow the ranking)
+    assert results["times"]["dream"] > 0
+    # a resumed run ranks on the kept dreams (dreaming again would fail here), so it prunes the same channels
     (tmp_path / "results.json").unlink()
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        again = run(make_cfg(*settings, f"resume={tmp_path}"))
-    assert "Dreamed" not in caplog.text
+    monkeypatch.setattr(dfkd.run, "dream", lambda *args: pytest.fail("the kept dreams were dreamed again"))
+    again = run(make_cfg(*settings, f"resume={tmp_path}"))
     assert again["pruning"]["channels"] == results["pruning"]["channels"]
+
+
+def test_pruning_dreams_are_labelled_by_the_teacher_and_leave_the_random_stream_alone(digits_teacher, make_cfg,
+                                                                                      tmp_path):
+    from dfkd.config import build
+    from dfkd.run import Stages, Stopwatch
+
+    teacher, data = digits_teacher
+    cfg = make_cfg("pruning=structured", "pruning.importance=taylor")
+    stages = Stages(cfg, teacher, data, SimpleNamespace(device=torch.device("cpu")), None, tmp_path, Stopwatch(),
+                    build(cfg.synthesis.synthesizer, "synthesis.synthesizer"))
+    rng = torch.get_rng_state()
+    images, classes = stages.pruning_dreams(40)
+    assert torch.equal(torch.get_rng_state(), rng)  # the KD batches after it are those of a run without it
+    assert images.shape == (40, 1, 8, 8) and images.device.type == "cpu"
+    with torch.no_grad():
+        assert torch.equal(classes, teacher(images).argmax(1))
+    assert torch.equal(torch.load(tmp_path / "pruning_dreams.pt", weights_only=True)["classes"], classes)
 
 
 def test_more_rounds_than_steps_are_refused(make_cfg):

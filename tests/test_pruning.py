@@ -348,6 +348,7 @@ def test_taylor_importance_removes_a_channel_the_output_does_not_need_whatever_i
 def test_taylor_importance_needs_dreams_and_a_sensible_count():
     pruner = pruning.Structured(0.5, importance="taylor", dreams=64)
     assert pruner.dreams == 64 and pruning.Structured(0.5, dreams=64).dreams == 0  # only taylor asks for dreams
+    assert pruning.Structured(0.5, dreams=0).dreams == 0  # and only taylor checks their number
     assert pruner.settings()["pruning_dreams"] == 64 and "pruning_dreams" not in pruning.Structured(0.5).settings()
     pruner.validate(_model(), torch.zeros(1, 1, 8, 8))  # noise stands in for dreams on the untrained network
     with pytest.raises(DfkdError, match="none were given"):

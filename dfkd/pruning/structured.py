@@ -5,10 +5,9 @@ parameters) than the teacher. The student is a genuinely smaller network: every 
 so it runs faster on any hardware and its file is smaller.
 
 Channels are ranked by the L1 or L2 norm of their weights, by their BatchNorm scale, or by the
-first-order Taylor estimate of how much the loss on dreams would change without them (``taylor``,
-Molchanov et al. 2019: |weight x gradient| summed over the channel's group; ``dreams`` images
-dreamed from the teacher by conf/synthesis, labelled by their target classes, so no real data is
-read; re-estimated before every 1% step); the same
+first-order Taylor estimate of how much the loss would change without them (``taylor``, Molchanov
+et al. 2019, on ``dreams`` images dreamed from the teacher, so no real data is read:
+dfkd/pruning/taylor.py); the same
 share of channels leaves every layer (uniform) or the least important across the network leave
 first (global), their scores put on one scale per layer by torch-pruning's ``normalizer`` (mean:
 each layer's scores over their mean; lamp: Lee et al.'s LAMP scores, as unstructured pruning's
@@ -25,7 +24,6 @@ import copy
 import logging
 
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -33,14 +31,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from dfkd.errors import DfkdError, check, check_choice
 from dfkd.pruning.common import (LAYERS, Pruner, check_ratio, dense_names, is_depthwise, prunable, sparsity,
                                  undone)
+from dfkd.pruning.taylor import TaylorImportance
 
 log = logging.getLogger(__name__)
 
 IMPORTANCE = {"l1": lambda normalizer: tp.importance.MagnitudeImportance(p=1, normalizer=normalizer),
               "l2": lambda normalizer: tp.importance.MagnitudeImportance(p=2, normalizer=normalizer),
               "bn_scale": lambda normalizer: tp.importance.BNScaleImportance(normalizer=normalizer),
-              "taylor": lambda normalizer: tp.importance.GroupTaylorImportance(normalizer=normalizer)}
-GRADIENT_BATCH = 256  # dreams per forward-backward pass of the taylor importance
+              "taylor": TaylorImportance}
 SCOPES = ("uniform", "global")
 NORMALIZERS = ("mean", "max", "sum", "lamp", "gaussian", "standarization")  # torch-pruning's names
 TARGETS = ("flops", "params")
@@ -78,16 +76,6 @@ def count(model: nn.Module, example: torch.Tensor, what: str) -> int:
     return int(counter.get_total_flops())
 
 
-def taylor_gradients(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> None:
-    """The gradients of the cross-entropy of ``model`` (in eval mode: the BatchNorm statistics stay)
-    on the dreams and their target classes, for torch-pruning's Taylor importance to read."""
-    model.zero_grad(set_to_none=True)
-    device = next(model.parameters()).device
-    for x, y in zip(images.split(GRADIENT_BATCH), targets.split(GRADIENT_BATCH)):
-        loss = F.cross_entropy(model(x.to(device)), y.to(device), reduction="sum") / len(images)
-        loss.backward()
-
-
 class Structured(Pruner):
     """Remove whole channels until ``ratio`` of the FLOPs (``target=flops``) or of the parameters
     (``target=params``) are gone; ``keep_dense`` layers keep their output channels (by default the
@@ -111,7 +99,7 @@ class Structured(Pruner):
               f"pruning.scope=global uses: set pruning.scope=global, or leave pruning.normalizer=mean.")
         check(round_to is None or (isinstance(round_to, int) and round_to >= 1),
               f"pruning.round_to={round_to!r} must be null or a whole number of channels >= 1.")
-        check(isinstance(dreams, int) and not isinstance(dreams, bool) and dreams >= 1,
+        check(importance != "taylor" or (isinstance(dreams, int) and not isinstance(dreams, bool) and dreams >= 1),
               f"pruning.dreams={dreams!r} must be a whole number >= 1: the images dreamed from the teacher that "
               f"pruning.importance=taylor ranks channels on.")
         self.target, self.importance, self.scope, self.round_to = target, importance, scope, round_to
@@ -138,8 +126,9 @@ class Structured(Pruner):
 
     def __call__(self, model, example=None, ratio=None, dreams=None):
         check(example is not None, "pruning=structured needs an example input to trace the network.")
-        check(not self.dreams or dreams is not None, "pruning.importance=taylor ranks channels on dreams, "
-              "but none were given to the pruner: this is a bug in the caller, please report it.")
+        check(not self.dreams or dreams is not None, "pruning.importance=taylor ranks channels on dreams, but "
+              "none were given: pass dreams=(images, classes), e.g. from dfkd.synthesis.dream (python -m dfkd.run "
+              "dreams them itself).")
         # a later round of the schedule gets the network the round before left; its ratio, like every
         # round's, is of the whole network, counted when the first round (or a one-shot call) got it
         later = ratio is not None and any(abs(ratio - r) < 1e-9 for r in self._rounds[1:])
@@ -157,8 +146,9 @@ class Structured(Pruner):
                 log.warning("pruning.coupled=keep: %s has no residual additions (no channels that several "
                             "layers produce), so it is pruned as with pruning.coupled=prune.",
                             type(model).__name__)
+            importance = IMPORTANCE[self.importance](self.normalizer)
             pruner = tp.pruner.MetaPruner(
-                model, example, importance=IMPORTANCE[self.importance](self.normalizer),
+                model, example, importance=importance,
                 global_pruning=self.scope == "global",
                 pruning_ratio=MAX_CHANNEL_RATIO, max_pruning_ratio=MAX_CHANNEL_RATIO, iterative_steps=STEPS,
                 ignored_layers=[m for n, m in prunable(model) if n in dense] + kept, round_to=self.round_to)
@@ -171,9 +161,8 @@ class Structured(Pruner):
             if count(model, example, self.target) <= goal:
                 break
             if self.dreams:
-                taylor_gradients(model, *dreams)
+                importance.accumulate(model, *dreams)
             pruner.step()
-        model.zero_grad(set_to_none=True)
         after = count(model, example, self.target)
         model.train(was_training)
         if after > goal * 1.001:

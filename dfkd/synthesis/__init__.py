@@ -7,5 +7,6 @@ from dfkd.synthesis.deepinversion import DeepInversion, image_priors, js_diverge
 from dfkd.synthesis.fast import FastSynthesizer, Generator
 from dfkd.synthesis.noise import Noise
 
-__all__ = ["Synthesizer", "dream", "make_synthesizer", "SynthesisMonitor", "SyntheticDataModule", "DeepInversion", "FastSynthesizer", "Generator",
+__all__ = ["Synthesizer", "dream", "make_synthesizer",
+           "SynthesisMonitor", "SyntheticDataModule", "DeepInversion", "FastSynthesizer", "Generator",
            "Noise", "bn_loss", "bn_statistics", "image_priors", "js_divergence"]
