@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import sys
 import time
@@ -140,6 +141,8 @@ class Stages:
             final = k == len(ratios) - 1
             with self.times("prune"):
                 student = prune(student, example, ratio=ratio, dreams=dreams)
+            if dreams is not None:
+                self.check_same_channels(prune.found["channels"], k)
             with self.times("evaluate"):
                 found = {**self.judge(student, self.teacher, validation=True),
                          "sparsity": pruning.sparsity(student)["overall"]}
@@ -182,6 +185,24 @@ class Stages:
                 {"images": images, "classes": classes, "mean": self.data.mean, "std": self.data.std}, tmp))
         log.info("Dreamed %d images to rank channels on in %.0f s (kept in %s).", n, time.perf_counter() - start, path)
         return images, classes
+
+    def check_same_channels(self, channels: dict, k: int) -> None:
+        """Channels ranked on dreams: the counts of round ``k`` are kept in RUN_DIR/pruned_channels.json,
+        and a resumed run (or a DDP rank but the first) that ranked differently stops here with a
+        message, not in a checkpoint that no longer fits the network."""
+        path = self.out / "pruned_channels.json"
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        if (self.cfg.get("resume") or rank_zero_only.rank > 0) and str(k) in known:
+            if known[str(k)] != channels:
+                raise DfkdError(
+                    "pruning.importance=taylor ranked the channels differently than when this run started (GPU "
+                    "arithmetic is not bit-exact, and near-tied channels changed places), so the layers now have "
+                    "other channel counts than the saved student: set pruning.scope=uniform, whose counts do not "
+                    "depend on the ranking, or pruning.importance=l1, and start the run again.")
+            return
+        if rank_zero_only.rank == 0:
+            known[str(k)] = channels
+            write_atomically(path, lambda tmp: tmp.write_text(json.dumps(known)))
 
     def recover_round(self, recovery, student, folder: Path, final: bool, real_data: bool) -> dict:
         resume = bool(self.cfg.get("resume"))

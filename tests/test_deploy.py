@@ -153,6 +153,14 @@ def test_taylor_pruning_ranks_on_dreams_it_keeps_for_a_resume(make_cfg, tmp_path
     monkeypatch.setattr(dfkd.run, "dream", lambda *args: pytest.fail("the kept dreams were dreamed again"))
     again = run(make_cfg(*settings, f"resume={tmp_path}"))
     assert again["pruning"]["channels"] == results["pruning"]["channels"]
+    # ranked otherwise on a resume (a GPU's arithmetic): a message naming the settings, not a checkpoint mismatch
+    known = json.loads((tmp_path / "pruned_channels.json").read_text())
+    assert known == {"0": results["pruning"]["channels"]}
+    known["0"] = {name: count + 1 for name, count in known["0"].items()}
+    (tmp_path / "pruned_channels.json").write_text(json.dumps(known))
+    (tmp_path / "results.json").unlink()
+    with pytest.raises(DfkdError, match=r"pruning\.scope=uniform"):
+        run(make_cfg(*settings, f"resume={tmp_path}"))
 
 
 def test_pruning_dreams_are_labelled_by_the_teacher_and_leave_the_random_stream_alone(digits_teacher, make_cfg,
