@@ -268,7 +268,7 @@ def test_teacher_flip_is_refused_where_mirroring_changes_the_class_but_not_where
     with pytest.raises(DfkdError, match=r"recovery\.teacher_flip=false"):
         RealKD("real_kd", teacher_flip=True).validate(model, unmirrored, 0)
     for method in (FineTune("finetune", teacher_flip=True), NoRecovery("none", teacher_flip=True)):
-        method.validate(model, unmirrored, 0)  # finetune trains on the labels: it ignores the setting (and says so)
+        method.validate(model, unmirrored, 0)  # no teacher labels to flip: finetune trains on the labels, none not at all
 
 
 def test_the_flipped_teacher_labels_each_batch_by_its_mean_on_both_mirror_images():

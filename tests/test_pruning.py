@@ -360,12 +360,15 @@ def test_taylor_importance_needs_dreams_and_a_sensible_count():
     assert pruner.found["removed"] >= 0.5 - 1e-3 and model.eval()(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
-def test_structured_pruning_leaves_batchnorm_statistics_alone():
+@pytest.mark.parametrize("importance", ["l1", "taylor"])
+def test_structured_pruning_leaves_batchnorm_statistics_alone(importance):
     model = _model()
     bn = model.features[1]
-    seen = int(bn.num_batches_tracked)
-    pruning.Structured(0.3)(model.train(), torch.zeros(1, 1, 8, 8))
-    assert int(bn.num_batches_tracked) == seen  # tracing ran in eval mode
+    seen, mean = int(bn.num_batches_tracked), bn.running_mean.clone()
+    pruner = pruning.Structured(0.3, importance=importance, dreams=32)
+    pruner(model.train(), torch.zeros(1, 1, 8, 8), dreams=_dreams(_model()) if pruner.dreams else None)
+    assert int(bn.num_batches_tracked) == seen  # tracing (and the taylor scores) ran in eval mode
+    assert model.training and bn.running_mean.shape[0] < mean.shape[0]
 
 
 def test_structured_rounds_reach_the_ratio_of_the_whole_network():
