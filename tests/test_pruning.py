@@ -360,6 +360,17 @@ def test_taylor_importance_needs_dreams_and_a_sensible_count():
     assert pruner.found["removed"] >= 0.5 - 1e-3 and model.eval()(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
+def test_structured_pruning_prunes_a_frozen_model_and_keeps_it_frozen():
+    frozen, partly = _model().requires_grad_(False), _model()
+    partly.classifier.requires_grad_(False)
+    for net in (frozen, partly):
+        before = {n: p.requires_grad for n, p in net.named_parameters()}
+        pruner = pruning.Structured(0.5)
+        pruner(net, torch.zeros(1, 1, 8, 8))
+        assert pruner.found["removed"] >= 0.5 - 1e-3
+        assert {n: p.requires_grad for n, p in net.named_parameters()} == before
+
+
 @pytest.mark.parametrize("importance", ["l1", "taylor"])
 def test_structured_pruning_leaves_batchnorm_statistics_alone(importance):
     model = _model()

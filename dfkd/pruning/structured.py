@@ -137,6 +137,10 @@ class Structured(Pruner):
                             f"before round 1 counted the whole network's {self.target}: prune the rounds in order.")
         ratio = self.ratio if ratio is None else ratio
         was_training = model.training
+        # torch-pruning leaves frozen parameters alone, so a frozen model would lose nothing: thawed
+        # while it is pruned, each parameter frozen again after (by name: pruning replaces them)
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        model.requires_grad_(True)
         model.to(memory_format=torch.contiguous_format).eval()  # tracing must not touch BatchNorm statistics
         example = example.to(next(model.parameters()).device)
         dense = dense_names(model, self.keep_dense)
@@ -165,6 +169,8 @@ class Structured(Pruner):
             pruner.step()
         after = count(model, example, self.target)
         model.train(was_training)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name not in frozen)
         if after > goal * 1.001:
             where = (f"pruning.ratio={ratio}" if len(self._rounds) == 1 else
                      f"round {self._round(ratio)} of {len(self._rounds)} on the way to pruning.ratio={self.ratio}")
