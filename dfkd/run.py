@@ -192,7 +192,8 @@ class Stages:
         message, not in a checkpoint that no longer fits the network."""
         path = self.out / "pruned_channels.json"
         known = json.loads(path.read_text()) if path.is_file() else {}
-        if (self.cfg.get("resume") or rank_zero_only.rank > 0) and str(k) in known:
+        follows = self.cfg.get("resume") or rank_zero_only.rank > 0  # (a rank may come before round k is written)
+        if follows and str(k) in known:
             if known[str(k)] != channels:
                 raise DfkdError(
                     "pruning.importance=taylor ranked the channels differently than when this run started (GPU "
@@ -200,8 +201,8 @@ class Stages:
                     "other channel counts than the saved student: set pruning.scope=uniform, whose counts do not "
                     "depend on the ranking, or pruning.importance=l1, and start the run again.")
             return
-        if rank_zero_only.rank == 0:
-            known[str(k)] = channels
+        if rank_zero_only.rank == 0:  # a new run's rounds: none of an earlier run's in that folder kept
+            known = {**{r: c for r, c in known.items() if int(r) < k}, str(k): channels}
             write_atomically(path, lambda tmp: tmp.write_text(json.dumps(known)))
 
     def recover_round(self, recovery, student, folder: Path, final: bool, real_data: bool) -> dict:

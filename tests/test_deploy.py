@@ -140,6 +140,7 @@ def test_taylor_pruning_ranks_on_dreams_it_keeps_for_a_resume(make_cfg, tmp_path
 
     settings = ("pruning=structured", "pruning.importance=taylor", "pruning.scope=global", "pruning.dreams=64",
                 "recovery.steps=10", "deploy=none")
+    (tmp_path / "pruned_channels.json").write_text(json.dumps({"0": {}, "1": {}}))  # an earlier run's, in rounds
     with caplog.at_level(logging.INFO):
         results = run(make_cfg(*settings))
     assert "Dreamed 64 images to rank channels on" in caplog.text
@@ -155,7 +156,7 @@ def test_taylor_pruning_ranks_on_dreams_it_keeps_for_a_resume(make_cfg, tmp_path
     assert again["pruning"]["channels"] == results["pruning"]["channels"]
     # ranked otherwise on a resume (a GPU's arithmetic): a message naming the settings, not a checkpoint mismatch
     known = json.loads((tmp_path / "pruned_channels.json").read_text())
-    assert known == {"0": results["pruning"]["channels"]}
+    assert known == {"0": results["pruning"]["channels"]}  # an earlier run's rounds in the folder are not kept
     known["0"] = {name: count + 1 for name, count in known["0"].items()}
     (tmp_path / "pruned_channels.json").write_text(json.dumps(known))
     (tmp_path / "results.json").unlink()

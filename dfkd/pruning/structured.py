@@ -143,6 +143,42 @@ class Structured(Pruner):
         model.requires_grad_(True)
         model.to(memory_format=torch.contiguous_format).eval()  # tracing must not touch BatchNorm statistics
         example = example.to(next(model.parameters()).device)
+        try:
+            pruner, importance, kept = self.meta_pruner(model, example)
+            before = self.found["before"] if later else count(model, example, self.target)
+            goal = (1 - ratio) * before
+            for _ in range(STEPS):
+                if count(model, example, self.target) <= goal:
+                    break
+                if self.dreams:
+                    importance.accumulate(model, *dreams)
+                try:
+                    pruner.step()
+                except (IndexError, RuntimeError) as err:  # e.g. channels split (chunk) before their BatchNorm
+                    raise DfkdError(f"pruning=structured could not remove channels from this model "
+                                    f"({type(err).__name__}: {err}): torch-pruning cannot follow every way a "
+                                    f"model splits or reshapes its channels; use unstructured pruning "
+                                    f"(pruning=magnitude) or pruning=nm for this model.") from err
+            after = count(model, example, self.target)
+        finally:  # the caller's model back in its mode and its frozen parameters frozen, whatever happened
+            model.train(was_training)
+            for name, p in model.named_parameters():
+                p.requires_grad_(name not in frozen)
+        if after > goal * 1.001:
+            where = (f"pruning.ratio={ratio}" if len(self._rounds) == 1 else
+                     f"round {self._round(ratio)} of {len(self._rounds)} on the way to pruning.ratio={self.ratio}")
+            raise DfkdError(f"pruning=structured cannot remove {100 * ratio:.3g}% of the {self.target} ({where}) "
+                            f"without removing whole layers: it reached {1 - after / before:.0%} with every pruned "
+                            f"layer at {1 - MAX_CHANNEL_RATIO:.0%} of the channels it had when the round began. Lower "
+                            f"pruning.ratio, or leave fewer layers dense (pruning.keep_dense"
+                            f"{', pruning.coupled=prune' if kept else ''}).")
+        self.found = {"before": before, "after": after, "removed": 1 - after / before, "coupled": len(kept),
+                      "channels": channels(model)}
+        return model
+
+    def meta_pruner(self, model: nn.Module, example: torch.Tensor):
+        """torch-pruning's pruner for ``model`` in 1% steps, its importance, and the layers that
+        ``coupled=keep`` leaves whole."""
         dense = dense_names(model, self.keep_dense)
         try:
             kept = coupled_layers(model, example) if self.coupled == "keep" else []
@@ -159,29 +195,7 @@ class Structured(Pruner):
         except Exception as err:  # torch-pruning cannot trace every custom forward
             raise DfkdError(f"pruning=structured could not trace the model's layers ({type(err).__name__}: {err}); "
                             f"use unstructured pruning (pruning=magnitude) or pruning=nm for this model.") from err
-        before = self.found["before"] if later else count(model, example, self.target)
-        goal = (1 - ratio) * before
-        for _ in range(STEPS):
-            if count(model, example, self.target) <= goal:
-                break
-            if self.dreams:
-                importance.accumulate(model, *dreams)
-            pruner.step()
-        after = count(model, example, self.target)
-        model.train(was_training)
-        for name, p in model.named_parameters():
-            p.requires_grad_(name not in frozen)
-        if after > goal * 1.001:
-            where = (f"pruning.ratio={ratio}" if len(self._rounds) == 1 else
-                     f"round {self._round(ratio)} of {len(self._rounds)} on the way to pruning.ratio={self.ratio}")
-            raise DfkdError(f"pruning=structured cannot remove {100 * ratio:.3g}% of the {self.target} ({where}) "
-                            f"without removing whole layers: it reached {1 - after / before:.0%} with every pruned "
-                            f"layer at {1 - MAX_CHANNEL_RATIO:.0%} of the channels it had when the round began. Lower "
-                            f"pruning.ratio, or leave fewer layers dense (pruning.keep_dense"
-                            f"{', pruning.coupled=prune' if kept else ''}).")
-        self.found = {"before": before, "after": after, "removed": 1 - after / before, "coupled": len(kept),
-                      "channels": channels(model)}
-        return model
+        return pruner, importance, kept
 
     def _round(self, ratio: float) -> int:
         """Which round of the schedule ``ratio`` is (1-based)."""

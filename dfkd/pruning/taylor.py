@@ -65,17 +65,25 @@ class TaylorImportance(tp.importance.GroupMagnitudeImportance):
                 if change is not None:
                     self.scores[m] = self.scores.get(m, 0) + change.float() ** 2
         model.zero_grad(set_to_none=True)
+        self.scores = {m: score.cpu() for m, score in self.scores.items()}  # ranked on the CPU, as the root's indices
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
-        found = {"bn": ([], []), "layer": ([], [])}
-        for i, (dep, idxs) in enumerate(group):
-            kind = ("bn" if dep.pruning_fn in BATCHNORM_OUT else "layer" if dep.pruning_fn in LAYER_OUT else None)
-            if kind is None or dep.layer not in self.scores:
+        """Per channel of the group's root layer: the mean score of its BatchNorm layers (of its conv
+        and linear layers where no BatchNorm layer holds the channel), on one scale by ``normalizer``."""
+        size = len(group[0].idxs)
+        sums = {kind: (torch.zeros(size), torch.zeros(size)) for kind in ("bn", "layer")}
+        for item in group:
+            dep, idxs, root = item.dep, item.idxs, item.root_idxs
+            kind = "bn" if dep.pruning_fn in BATCHNORM_OUT else "layer" if dep.pruning_fn in LAYER_OUT else None
+            if kind is None or dep.layer not in self.scores or any(r is None for r in root):
                 continue
-            found[kind][0].append(self.scores[dep.layer][list(idxs)])  # aligned with root_idxs
-            found[kind][1].append(group[i].root_idxs)
-        imp, idxs = found["bn"] if found["bn"][0] else found["layer"]
-        if not imp:
+            total, seen = sums[kind]
+            where = torch.as_tensor(root, dtype=torch.long)
+            total.index_add_(0, where, self.scores[dep.layer][list(idxs)])  # idxs align with root
+            seen.index_add_(0, where, torch.ones(len(where)))
+        (bn, bn_seen), (layer, layer_seen) = sums["bn"], sums["layer"]
+        if not (bn_seen.any() or layer_seen.any()):
             return None
-        return self._normalize(self._reduce(imp, idxs), self.normalizer)
+        imp = torch.where(bn_seen > 0, bn / bn_seen.clamp_min(1), layer / layer_seen.clamp_min(1))
+        return self._normalize(imp, self.normalizer)
