@@ -61,11 +61,12 @@ def run(cfg: DictConfig) -> dict:
     # strict mode's held-out dreams, and the dreams pruning.importance=taylor ranks channels on, come
     # from synthesis=..., whatever the recovery
     dreamer = build(cfg.synthesis.synthesizer, "synthesis.synthesizer") if strict or prune.dreams else None
+    kind = getattr(dreamer, "func", dreamer)  # the synthesizer class the partial builds
     if prune.dreams:
-        SyntheticKD.check_dreamable(getattr(dreamer, "func", dreamer), model, remedy=(
+        SyntheticKD.check_dreamable(kind, model, remedy=(
             f"pruning.importance=l1 (pruning.importance={prune.importance} ranks channels on its dreams)."))
     if strict:
-        SyntheticKD.check_dreamable(getattr(dreamer, "func", dreamer), model)
+        SyntheticKD.check_dreamable(kind, model)
     prune.validate(model, torch.zeros(1, *data.image_shape))
     recovery.validate(model, data, cfg.seed)
     held_out = dreamer if strict else None

@@ -50,8 +50,7 @@ def main(run: Path) -> None:
     if prune.dreams:
         kept = torch.load(run / "pruning_dreams.pt", map_location="cpu", weights_only=True)
         dreams = kept["images"], kept["classes"]
-    student = prune(copy.deepcopy(teacher).requires_grad_(True), torch.zeros(1, *data.image_shape),
-                    ratio=prune.ratio, dreams=dreams)
+    student = prune(copy.deepcopy(teacher), torch.zeros(1, *data.image_shape), ratio=prune.ratio, dreams=dreams)
     student.load_state_dict(torch.load(run / "student.pt", map_location="cpu", weights_only=True))
     student.eval()
     generator = torch.Generator().manual_seed(0)

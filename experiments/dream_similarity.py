@@ -22,6 +22,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from dfkd.config import build
+from dfkd.synthesis import make_synthesizer
 from dfkd.teacher import build_model, cache_file, obtain_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +58,8 @@ def main() -> None:
     teacher.eval()
     rows = []
     for weight in (float(w) for w in args.weights.split(",")):
-        synth = build(cfg.synthesis.synthesizer, "synthesis.synthesizer")(
-            teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
-            pixel_bounds=data.pixel_bounds(), seed=cfg.seed, diversity_weight=weight)
+        synth = make_synthesizer(build(cfg.synthesis.synthesizer, "synthesis.synthesizer"), teacher, data, cfg.seed,
+                                 diversity_weight=weight)
         if not rows:  # real images, judged as the dreams are
             real = []
             for x, y in data.with_batch_size(args.batch_size).val_dataloader():

@@ -106,11 +106,12 @@ class Synthesizer:
         return stats, f
 
 
-def make_synthesizer(factory, teacher: nn.Module, data, seed: int) -> Synthesizer:
+def make_synthesizer(factory, teacher: nn.Module, data, seed: int, **settings) -> Synthesizer:
     """The synthesizer conf/synthesis builds (``factory``: its partial) for ``teacher`` and the
-    images of ``data`` (an ImageDataModule), with its own ``seed``."""
+    images of ``data`` (an ImageDataModule), with its own ``seed``; ``settings`` override the
+    partial's."""
     return factory(teacher=teacher, image_shape=data.image_shape, num_classes=data.num_classes,
-                   pixel_bounds=data.pixel_bounds(), seed=seed)
+                   pixel_bounds=data.pixel_bounds(), seed=seed, **settings)
 
 
 def dream(synthesizer: Synthesizer, n: int, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
