@@ -61,6 +61,7 @@
 #   taylor_fo, taylor_fo_seed1: the same with Molchanov et al.'s estimate (dfkd/pruning/taylor.py: the
 #                     BatchNorm gate's first-order term, squared per minibatch of 64 dreams, labels the teacher's)
 #   cutmix_steps3000_taylor, cutmix_steps3000_taylor_seed1: cutmix_steps3000 with pruning.importance=taylor
+#                     (not run: taylor recovered less at 300 steps)
 #   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 45 minutes)
 #   cutmix_steps3000_adv1: cutmix_steps3000 with the adversarial (competition) term at weight 1:
 #                     dreams pushed to where student and teacher disagree (about 25 minutes)
