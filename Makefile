@@ -24,5 +24,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	bash experiments/digits_recovery.sh
 
-clean:
-	rm -rf outputs multirun .pytest_cache
+clean:  # caches only: runs (students, checkpoints, dreams) stay in outputs/ until you delete them
+	rm -rf .pytest_cache
+	find dfkd tests experiments -name __pycache__ -type d -prune -exec rm -rf {} +
+	@echo "Runs are kept in outputs/ (rm -rf outputs deletes them)."

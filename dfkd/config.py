@@ -27,12 +27,29 @@ def build(node, setting: str, **kwargs):
                         f"{err.__cause__ or err}. Check the {setting}.* settings.") from err
 
 
+def check_optimizer(factory, setting: str) -> None:
+    """Try the optimizer a partial config builds on one dummy parameter, so that a value it refuses
+    (lr < 0, nesterov without momentum, a keyword another optimizer does not take) is named now,
+    not as a traceback after the teacher is trained and the student pruned."""
+    import torch
+
+    if factory is None:
+        return
+    try:
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError) as err:
+        raise DfkdError(f"{setting} cannot build its optimizer ({type(err).__name__}: {err}). Check the "
+                        f"{setting}.* settings: e.g. {setting}.nesterov=false with momentum 0, or, with another "
+                        f"{setting}._target_, remove the keywords it does not take (~{setting}.nesterov).") from None
+
+
 def refuse_missing(cfg: DictConfig) -> None:
     """Settings left at ``???`` stop the run before any work, named."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     check(not missing, f"These settings need a value: {', '.join(missing)} (set them on the command "
           f"line, e.g. {missing[0] if missing else ''}=...). data=image_folder needs data.root=PATH; "
-          f"model=custom needs model.path=package.module.Class and teacher.checkpoint=PATH.")
+          f"model=custom needs model.path=package.module.Class (and teacher.checkpoint=PATH for a "
+          f"teacher of your own; without it one is trained).")
 
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")

@@ -51,7 +51,7 @@ def latency_ms(models: list[nn.Module], x: torch.Tensor, min_runs: int = 7, max_
                 model(x)
                 spent.append(time.perf_counter() - start)
             total = sum(map(sum, times))
-            if len(times[0]) >= min_runs and (total >= min_seconds or total >= max_seconds):
+            if (len(times[0]) >= min_runs and total >= min_seconds) or total >= max_seconds:
                 break
     return [1000 * statistics.median(t) for t in times]
 
@@ -146,12 +146,12 @@ def export_onnx(model: nn.Module, image_shape, path: Path, batch: int = 8) -> di
         torch.onnx.export(model, (example,), str(path), dynamic_shapes=({0: _batch_dim()},), dynamo=True,
                           verbose=False)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        x = torch.randn(batch, *image_shape, generator=torch.Generator().manual_seed(1))
+        with torch.inference_mode():
+            expected = model(x).numpy()
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     except Exception as err:  # noqa: BLE001
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
-    x = torch.randn(batch, *image_shape, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        expected = model(x).numpy()
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     difference = float(np.abs(got - expected).max())
     scale = float(np.abs(expected).max()) or 1.0
     return {"path": str(path), "bytes": path.stat().st_size, "max_abs_difference": difference,

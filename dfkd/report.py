@@ -35,6 +35,9 @@ def warnings(results: dict, num_classes: int) -> list[str]:
     """What makes a run's figures bad, in words: said loudly in the log, the table and
     results.json, never written down as an ordinary result."""
     found = deployment_warnings(results.get("deployment"))
+    if results.get("deployment_error"):
+        found.append(f"Measuring the student for deployment failed ({results['deployment_error']}; the traceback "
+                     f"is in run.log): student.pt and the accuracy figures are kept. deploy=none skips the stage.")
     teacher, pruned, recovered = results["teacher"], results["pruned"], results["recovered"]
     syn = results.get("synthesis") or {}
     if "acc" not in recovered:  # strict data-free mode: judged on held-out dreams

@@ -101,7 +101,11 @@ def run(cfg: DictConfig) -> dict:
         if rank_zero_only.rank == 0:  # under DDP every rank ran the pipeline; one writes it down
             torch.save(student.state_dict(), out / "student.pt")  # kept first, whatever comes next
             with times("deploy"):
-                results["deployment"] = deploy(teacher, student, data.image_shape, out)
+                try:
+                    results["deployment"] = deploy(teacher, student, data.image_shape, out)
+                except Exception as err:  # noqa: BLE001 - the student is saved; its figures are not lost for this
+                    log.exception("Measuring the student for deployment failed")
+                    results["deployment_error"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
         results["times"] = {**times, "total": sum(times.values())}
         results["warnings"] = report.warnings(results, data.num_classes)
         for warning in results["warnings"]:
@@ -234,6 +238,9 @@ def check_settings(cfg: DictConfig):
           f"teacher.min_accuracy={floor} is not a fraction: give one between 0 and 1 (0.5 for 50%), "
           f"or null for 'not near chance'.")
     recovery, prune = build(cfg.recovery, "recovery"), build(cfg.pruning, "pruning")
+    config.check_optimizer(recovery.optimizer, "recovery.optimizer")
+    if not cfg.teacher.checkpoint:
+        config.check_optimizer(build(cfg.teacher.optimizer, "teacher.optimizer"), "teacher.optimizer")
     rounds = len(prune.rounds())
     check(rounds <= recovery.steps, f"pruning.rounds={rounds} rounds share recovery.steps={recovery.steps}: give "
           f"each round at least one step (raise recovery.steps or lower pruning.rounds).")
@@ -302,8 +309,11 @@ def main(cfg: DictConfig) -> float | None:
     except (KeyboardInterrupt, SystemExit) as stop:  # Lightning ends an interrupted fit with exit(1)
         if isinstance(stop, SystemExit) and stop.code in (0, None):
             raise
-        say(f"\ndfkd: interrupted. Go on from the last checkpoint with: "
-            f"python -m dfkd.run resume={cfg.paths.output_dir}")
+        folder = run_folder(cfg)
+        unfinished = "" if (Path(cfg.paths.output_dir) / rundir.TEACHER_RECORD).is_file() else (
+            " (the teacher had not finished: its training keeps no checkpoint, so it trains again from the start)")
+        say(f"\ndfkd: interrupted. Go on from the last checkpoint with: python -m dfkd.run resume={folder}"
+            f"{unfinished}")
         sys.exit(130)
     if torch.distributed.is_initialized():
         # Lightning leaves DDP's process group open; left to interpreter shutdown, gloo's threads
@@ -314,6 +324,13 @@ def main(cfg: DictConfig) -> float | None:
         print(report.table(results), flush=True)  # last, after the logger's own closing lines
     recovered = results["recovered"]
     return recovered.get("acc", recovered.get("dream_agreement"))  # what a Hydra sweeper would optimize
+
+
+def run_folder(cfg: DictConfig) -> Path:
+    """The folder Hydra made for this run (what resume= takes), whatever paths.output_dir says."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.paths.output_dir)
 
 
 def cli() -> None:

@@ -88,16 +88,28 @@ def _refuse_contradictions(folder: Path, original: list[str], extra: list[str]) 
                 f"weights.")
 
 
+def _later_rank() -> bool:
+    """A DDP process other than the first (Lightning relaunches the command line per rank, into
+    the same run folder; Slurm starts every task at once)."""
+    return any(os.environ.get(k, "0") not in ("", "0") for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID"))
+
+
 def _plain(node):
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def check_output_dir(argv: list[str]) -> None:
-    """The run (or sweep) folder can be created: refused now, not as a traceback from Hydra."""
+    """The run (or sweep) folder can be created: refused now, not as a traceback from Hydra; a
+    run folder that holds a run already is refused too, so that a new run never overwrites its
+    results, checkpoints and dreams (``resume=`` goes on with it instead)."""
     for arg in argv[1:]:
         key, _, value = arg.partition("=")
         if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and "${" not in value:
             folder = Path(value.strip("'\"")).expanduser()
+            if key.lstrip("+") == "hydra.run.dir" and RESUMED not in argv and not _later_rank():
+                check(not (folder / ".hydra" / "overrides.yaml").is_file(),
+                      f"hydra.run.dir={value} holds a dfkd run already, which a new run would overwrite: "
+                      f"go on with it (python -m dfkd.run resume={folder}), or give another folder.")
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 check(os.access(folder, os.W_OK), f"{folder} is not writable")

@@ -48,12 +48,14 @@ def check_fits(model: nn.Module, model_name: str, data: ImageDataModule) -> None
     try:
         with torch.no_grad():
             logits = model.eval()(torch.zeros(2, *shape))
-    except RuntimeError as err:
+    except Exception as err:  # noqa: BLE001 - a model may refuse a shape by assertion, ValueError, ...
         raise DfkdError(
             f"model={model_name} cannot take data={data.name}'s images (channels, height, width = "
-            f"{shape}): {str(err).splitlines()[0]}. Images this small may be downsampled to nothing by "
-            f"the architecture: use larger images (data.image_size; the CIFAR architectures are built "
-            f"for 32x32), or a smaller architecture (data=digits, 8x8 grey, goes with model=digits_cnn).") from None
+            f"{shape}): {type(err).__name__}: {(str(err).splitlines() or [''])[0]}. data.image_size must be "
+            f"a size the model takes (a teacher of your own: the size it was trained at). Images this small "
+            f"may be downsampled to nothing by the architecture: use larger images (the CIFAR architectures "
+            f"are built for 32x32), or a smaller architecture (data=digits, 8x8 grey, goes with "
+            f"model=digits_cnn).") from None
     finally:
         model.train(was_training)
     check(logits.shape == (2, data.num_classes),
@@ -194,9 +196,24 @@ def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tra
         if not evaluate_it:
             log.info("Teacher from teacher.checkpoint=%s (not evaluated: strict data-free mode)", cfg.checkpoint)
             return teacher.to(device), {"source": str(cfg.checkpoint)}
+        if not data.normalization_given:
+            log.warning("data.mean and data.std are not set: the teacher from teacher.checkpoint sees images "
+                        "normalized with mean %s and std %s. If it was trained with other values, set them "
+                        "(data.mean=[...] data.std=[...]).", list(data.mean), list(data.std))
         info = {"source": str(cfg.checkpoint), **scores(teacher, data, device, nhwc)}
         log.info("Teacher from teacher.checkpoint=%s: test accuracy %.2f%% (%.0f s)", cfg.checkpoint,
                  100 * info["acc"], time.perf_counter() - start)
+        floor = cfg.get("min_accuracy")
+        if near_chance(info["acc"], data.num_classes) if floor is None else info["acc"] < floor:
+            raise DfkdError(
+                f"The teacher from teacher.checkpoint={cfg.checkpoint} scores {100 * info['acc']:.1f}% on the "
+                f"test split of data={data.name} ({data.num_classes} classes, chance "
+                f"{100 / data.num_classes:.0f}%; the bar: teacher.min_accuracy={floor}"
+                f"{', i.e. not near chance' if floor is None else ''}), so it does not see these images as it "
+                f"was trained to. Check the normalization it was trained with (data.mean={list(data.mean)}, "
+                f"data.std={list(data.std)}), its input size (data.image_size={data.image_size}) and its "
+                f"class order (an ImageFolder tree's classes are its folder names in alphabetical order); "
+                f"teacher.min_accuracy=0 goes on with it anyway.")
         return teacher, info
     facts = cache.with_suffix(".json")
     if cache.is_file():

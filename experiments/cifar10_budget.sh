@@ -8,13 +8,14 @@
 # Table and plot: experiments/results/cifar10_budget/{results.md,accuracy_vs_steps.png}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/common.sh
 [ -d .data/cifar10-jpg ] || { mkdir -p .data && tar xzf ../shared/data/cifar10-jpg.tar.gz -C .data/; }
 # pruning.scope=global: its table was measured with global L1, the default before LAMP (d1c97f5);
 # recovery.pool.augment=none: and before the experiment put its dreams through TrivialAugment.
 out=outputs/bench/cifar10_budget
 for steps in ${STEPS:-300 1000 3000}; do
     for method in real_kd dream_kd; do
-        [ -f "$out/${method}_$steps/results.json" ] || .venv/bin/python -m dfkd.run \
+        unfinished "$out/${method}_$steps" && .venv/bin/python -m dfkd.run \
             +experiment=cifar10_cpu_reduced teacher.seed=0 seed=0 deploy=none recovery=$method \
             recovery.steps=$steps pruning.scope=global recovery.pool.augment=none hydra.run.dir="$out/${method}_$steps"
     done

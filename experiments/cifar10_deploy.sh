@@ -11,10 +11,11 @@
 # About 5 minutes a run on 2 idle cores (iterative: 8). Table: experiments/results/cifar10_deploy/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/common.sh
 [ -d .data/cifar10-jpg ] || { mkdir -p .data && tar xzf ../shared/data/cifar10-jpg.tar.gz -C .data/; }
 out=outputs/bench/cifar10_deploy
 for method in ${METHODS:-structured nm magnitude iterative}; do
-    [ -f "$out/$method/results.json" ] || .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
+    unfinished "$out/$method" && .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
         teacher.seed=0 seed=0 recovery.mix=none recovery.pool.augment=none synthesis.synthesizer.warmup_steps=200 pruning=$method deploy.threads=1 hydra.run.dir="$out/$method" \
         $([ "$method" = structured ] && echo pruning.ratio=0.5) \
         $([ "$method" = magnitude ] || [ "$method" = iterative ] && echo pruning.scope=global)

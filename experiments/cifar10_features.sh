@@ -14,6 +14,7 @@
 # the runs, and a row whose results.json is not here is kept from the table as it was.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/common.sh
 [ -d .data/cifar10-jpg ] || { mkdir -p .data && tar xzf ../shared/data/cifar10-jpg.tar.gz -C .data/; }
 out=outputs/bench/cifar10_features
 # 200 warm-up steps everywhere but the row that tries 100 (the experiment's setting since then); one
@@ -62,7 +63,7 @@ for run in "${RUNS[@]}"; do
     set -- $run
     name=$1; shift
     [[ -z "${ONLY:-}" || " $ONLY " == *" $name "* ]] || continue
-    [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run $base "$@" hydra.run.dir="$out/$name"
+    unfinished "$out/$name" && .venv/bin/python -m dfkd.run $base "$@" hydra.run.dir="$out/$name"
 done
 mkdir -p experiments/results/cifar10_features
 table=experiments/results/cifar10_features/results.md

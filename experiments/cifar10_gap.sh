@@ -11,12 +11,13 @@
 #   NAME=cifar10_gap_bnm09 METHODS=dream_kd bash experiments/cifar10_gap.sh synthesis.synthesizer.bn_momentum=0.9
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/common.sh
 [ -d .data/cifar10-jpg ] || { mkdir -p .data && tar xzf ../shared/data/cifar10-jpg.tar.gz -C .data/; }
 name=${NAME:-cifar10_gap}
 out=outputs/bench/$name
 for seed in ${SEEDS:-0 1 2}; do
     for method in ${METHODS:-real_kd dream_kd}; do
-        [ -f "$out/${method}_$seed/results.json" ] || .venv/bin/python -m dfkd.run \
+        unfinished "$out/${method}_$seed" && .venv/bin/python -m dfkd.run \
             +experiment=cifar10_cpu_reduced teacher.seed=0 seed=$seed recovery=$method \
             "$@" hydra.run.dir="$out/${method}_$seed"
     done

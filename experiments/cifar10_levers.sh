@@ -6,6 +6,7 @@
 # Table: experiments/results/cifar10_levers/results.md (validation and test accuracy of each run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/common.sh
 [ -d .data/cifar10-jpg ] || { mkdir -p .data && tar xzf ../shared/data/cifar10-jpg.tar.gz -C .data/; }
 out=outputs/bench/cifar10_levers
 # recovery.mix=none and 200 warm-up steps: these runs predate the experiment's CutMix and shorter
@@ -13,7 +14,7 @@ out=outputs/bench/cifar10_levers
 base="+experiment=cifar10_cpu_reduced teacher.seed=0 seed=0 recovery.optimizer.lr=0.01 recovery.mix=none recovery.pool.augment=none synthesis.synthesizer.warmup_steps=200"
 lever() {  # NAME OVERRIDES...
     local name=$1; shift
-    [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run $base "$@" hydra.run.dir="$out/$name"
+    unfinished "$out/$name" && .venv/bin/python -m dfkd.run $base "$@" hydra.run.dir="$out/$name"
 }
 lever real_kd recovery=real_kd
 lever dream_kd recovery=dream_kd

@@ -79,6 +79,7 @@
 # experiments/results/cifar10_structured_levers/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/common.sh
 [ -d .data/cifar10-jpg ] || { mkdir -p .data && tar xzf ../shared/data/cifar10-jpg.tar.gz -C .data/; }
 out=outputs/bench/cifar10_structured_levers
 declare -A extra=(
@@ -132,7 +133,7 @@ declare -A extra=(
     [cutmix_steps3000_coupled_keep_diversity8]="recovery.steps=3000 recovery.mix=cutmix pruning.coupled=keep
         synthesis.synthesizer.diversity_weight=8")
 for name in ${RUNS:-real_kd lr0.1 l2_global steps1000}; do
-    [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
+    unfinished "$out/$name" && .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
         teacher.seed=0 seed=0 pruning=structured pruning.ratio=0.5 deploy=none recovery.mix=none recovery.pool.augment=none synthesis.synthesizer.warmup_steps=200 ${extra[$name]} \
         hydra.run.dir="$out/$name"
 done

@@ -18,6 +18,7 @@ nvidia-smi --query-gpu=name --format=csv,noheader | tee -a "$RESULTS"
 each=$((ALLOWANCE / $#))
 for arch in "$@"; do
     echo "== $arch: ${EPOCHS:-3} epochs (up to $each s)" | tee -a "$RESULTS"
+    rm -rf "/tmp/gpu_teacher_epochs/$arch"  # each call measures again (a run folder may not hold a run)
     timeout "$each" "$PYTHON" -m dfkd.run +experiment="${arch}_90pct" data=cifar10_jpg recovery=none \
         teacher.epochs="${EPOCHS:-3}" teacher.val_every_n_epochs=1 logger=none \
         trainer.enable_progress_bar=false paths.cache_dir="/tmp/gpu_teacher_epochs/cache" \

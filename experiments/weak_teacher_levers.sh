@@ -19,6 +19,7 @@
 # experiments/results/weak_teacher_levers/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/common.sh
 [ -d .data/cifar10-jpg ] || { mkdir -p .data && tar xzf ../shared/data/cifar10-jpg.tar.gz -C .data/; }
 out=outputs/bench/weak_teacher_levers
 declare -A extra=(
@@ -27,7 +28,7 @@ declare -A extra=(
     [tmix1]="synthesis.synthesizer.target_mix=1" [dream_kd_f3daf35]="" [trivial]="recovery.pool.augment=trivial")
 runs=${RUNS:-dream_kd real_kd fresh bnm09 bnw3 tmix1}
 for name in $runs; do
-    [ -f "$out/$name/results.json" ] || .venv/bin/python -m dfkd.run +experiment=synthesis_health \
+    unfinished "$out/$name" && .venv/bin/python -m dfkd.run +experiment=synthesis_health \
         model=resnet50 model.width=4 pruning.ratio=0.9 seed=0 deploy.latency=false deploy.onnx=false \
         ${extra[$name]} hydra.run.dir="$out/$name"
 done

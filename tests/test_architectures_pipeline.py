@@ -31,16 +31,30 @@ def test_each_architecture_runs_the_pipeline(make_cfg, image_tree, tmp_path, mod
 
 
 def test_custom_model_with_checkpoint(make_cfg, image_tree, tmp_path):
+    """A teacher of one's own, judged on a held-out folder alone (no train/ folder): its very
+    weights are what is pruned (learning rate 0: the student keeps them)."""
+    import shutil
+
     import torch
 
     from dfkd.models.cifar import VGG16BN
 
+    torch.manual_seed(123)  # not the weights teacher.seed would give
+    mine = VGG16BN(num_classes=3, width=4)
     path = tmp_path / "mine.pt"
-    torch.save(VGG16BN(num_classes=3, width=4).state_dict(), path)
+    torch.save(mine.state_dict(), path)
+    held_out = tmp_path / "held_out"
+    shutil.copytree(image_tree / "test", held_out / "test")
     results = run(make_cfg("model=custom", "model.path=dfkd.models.cifar.VGG16BN",
                            "model.kwargs={num_classes: 3, width: 4}", f"teacher.checkpoint={path}",
-                           f"data.root={image_tree}", *TINY))
+                           *TINY, f"data.root={held_out}", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]",
+                           "recovery.optimizer.lr=0"))
     assert results["teacher"]["source"] == str(path)
+    student = torch.load(tmp_path / "student.pt")
+    for name, weight in mine.state_dict().items():
+        if name.endswith("weight") and weight.dim() > 1:  # conv and linear: the kept weights are the teacher's
+            kept = student[name] != 0
+            assert kept.any() and torch.equal(student[name][kept], weight[kept]), name
 
 
 def test_missing_required_settings_are_named(make_cfg):

@@ -144,6 +144,18 @@ def _no_work_done(cache_dir: Path, out: Path) -> bool:
     return not list(cache_dir.glob("teachers/*")) and not (out / "results.json").exists()
 
 
+@pytest.mark.parametrize("override,message", [
+    ("recovery.optimizer.momentum=0", r"recovery\.optimizer cannot build its optimizer.*Nesterov"),
+    ("recovery.optimizer.lr=-0.1", r"recovery\.optimizer cannot build its optimizer.*learning rate"),
+    ("recovery.optimizer._target_=torch.optim.Adam", r"recovery\.optimizer cannot build.*~recovery\.optimizer\.nesterov"),
+    ("teacher.optimizer.lr=-1", r"teacher\.optimizer cannot build its optimizer"),
+])
+def test_an_optimizer_that_cannot_be_built_is_refused_before_work(make_cfg, tmp_path, override, message):
+    with pytest.raises(DfkdError, match=message):
+        run(make_cfg(override, f"paths.cache_dir={tmp_path / 'cache'}"))
+    assert _no_work_done(tmp_path / "cache", tmp_path)
+
+
 @pytest.mark.parametrize("override,setting", [
     ("pruning.ratio=1.0", "pruning.ratio"),
     ("pruning.ratio=-0.5", "pruning.ratio"),

@@ -72,6 +72,32 @@ def test_a_failed_export_is_reported_not_fatal(tmp_path):
     assert any("Exporting the student (export) failed" in w for w in deployment_warnings(found))
 
 
+def test_a_deployment_measurement_that_fails_keeps_the_run_and_says_so(make_cfg, tmp_path, monkeypatch):
+    def broken(self, teacher, student, image_shape, out):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(Deployment, "__call__", broken)
+    results = run(make_cfg("deploy=default", "recovery=none"))
+    assert results["deployment_error"] == "ZeroDivisionError: division by zero" and "deployment" not in results
+    assert any("Measuring the student for deployment failed" in w and "deploy=none" in w for w in results["warnings"])
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["recovered"]["acc"] == results["recovered"]["acc"] and (tmp_path / "student.pt").is_file()
+
+
+def test_latency_stops_at_max_seconds_even_before_min_runs():
+    calls = []
+
+    class Slow(torch.nn.Module):
+        def forward(self, x):
+            calls.append(1)
+            return x
+
+    from dfkd.deploy import latency_ms
+
+    latency_ms([Slow()], torch.zeros(1), min_runs=7, max_seconds=0.0)
+    assert len(calls) == 2 + 1  # two warm-up passes, then one timed turn: past max_seconds
+
+
 @pytest.mark.parametrize("setting", ["deploy.batch_sizes=[0]", "deploy.threads=0"])
 def test_bad_deploy_settings_are_refused_before_work(make_cfg, setting):
     with pytest.raises(DfkdError, match=setting.split("=")[0].replace(".", r"\.")):

@@ -124,7 +124,8 @@ def test_strict_data_free_mode_reads_no_real_data(make_cfg, image_tree, tmp_path
             f"data.root={tmp_path / 'nowhere'}", "data.num_classes=3", "model=vgg16", "model.width=4",
             "recovery.batch_size=6", "recovery.steps=4", "recovery.val_every_n_steps=2",
             "synthesis.synthesizer.warmup_steps=2", "synthesis.synthesizer.g_steps=1"]
-    settings = [*base, "recovery.pool.batch_size=12", "recovery.pool.size=24", "recovery.pool.initial_batches=1"]
+    pool = ["recovery.pool.batch_size=12", "recovery.pool.size=24", "recovery.pool.initial_batches=1"]
+    settings = [*base, *pool, "data.mean=[0.4,0.5,0.6]", "data.std=[0.2,0.25,0.3]"]  # the teacher's normalization
     results = run(make_cfg(*settings, f"teacher.checkpoint={checkpoint}"))
     assert results["real_data_read"] is False and "acc" not in results["recovered"]
     assert 0.0 <= results["recovered"]["dream_agreement"] <= 1.0
@@ -137,6 +138,44 @@ def test_strict_data_free_mode_reads_no_real_data(make_cfg, image_tree, tmp_path
         run(make_cfg(*base, f"teacher.checkpoint={checkpoint}", "recovery=real_kd"))
     with pytest.raises(DfkdError, match=r"needs the normalization.*data\.mean"):
         run(make_cfg("strict_data_free=true", f"teacher.checkpoint={checkpoint}"))
+    with pytest.raises(DfkdError, match=r"needs the normalization.*data\.mean"):  # image_folder would guess 0.5
+        run(make_cfg(*base, *pool, f"teacher.checkpoint={checkpoint}"))
+
+
+def test_a_loaded_teacher_near_chance_is_refused_naming_the_input_settings(make_cfg, tmp_path):
+    """A teacher that does not see the images as it was trained to (other normalization, size or
+    class order) scores near chance: refused before any pruning, the settings to check named."""
+    import torch
+
+    from dfkd.pruning import prunable
+    from dfkd.teacher import build_model
+
+    model = build_model(make_cfg().model, 0)
+    _, classifier = prunable(model)[-1]
+    with torch.no_grad():  # constant logits: always the same class, about a tenth of the digits
+        classifier.weight.zero_(), classifier.bias.zero_()
+    checkpoint = tmp_path / "teacher.pt"
+    torch.save(model.state_dict(), checkpoint)
+    with pytest.raises(DfkdError, match=r"teacher\.checkpoint=.* scores \d+\.\d% .*data\.mean=.*data\.image_size=8.*"
+                                        r"class order.*teacher\.min_accuracy=0 goes on"):
+        run(make_cfg(f"teacher.checkpoint={checkpoint}"))
+    assert not (tmp_path / "student.pt").exists() and not (tmp_path / "results.json").exists()
+    results = run(make_cfg(f"teacher.checkpoint={checkpoint}", "teacher.min_accuracy=0", "recovery=none",
+                           "pruning.keep_dense=[last]"))  # its zeroed classifier kept as it is
+    assert results["teacher"]["acc"] < 0.15  # kept when asked for, and still reported near chance
+    assert any("near chance" in w for w in results["warnings"])
+
+
+def test_a_run_folder_that_holds_a_run_is_refused_not_overwritten(tmp_path):
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("- recovery=none\n")
+    (folder / "student.pt").write_bytes(b"finished work")
+    before = sorted(p.name for p in folder.rglob("*"))
+    proc = _cli(tmp_path, "logger=none", f"hydra.run.dir={folder}")
+    assert proc.returncode == 2 and "holds a dfkd run already" in proc.stderr and f"resume={folder}" in proc.stderr
+    assert sorted(p.name for p in folder.rglob("*")) == before
+    assert (folder / "student.pt").read_bytes() == b"finished work"
 
 
 def test_the_teacher_cache_key_follows_what_changes_the_teacher(make_cfg, tmp_path, monkeypatch):

@@ -238,6 +238,28 @@ def test_structured_pruning_makes_a_smaller_network_that_runs(arch):
     assert model.eval()(torch.randn(3, *shape)).shape == (3, 10)
 
 
+def test_structured_pruning_keeps_the_classes_of_a_model_that_lists_its_classifier_first():
+    """The classifier is the layer that runs last, wherever the model lists it: its outputs (the
+    classes) stay, with no pruning.keep_dense needed."""
+
+    class HeadFirst(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(16, 5)
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.BatchNorm2d(16),
+                                            torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, padding=1),
+                                            torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                            torch.nn.Flatten())
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    torch.manual_seed(0)
+    model = pruning.Structured(0.5)(HeadFirst(), torch.zeros(1, 1, 8, 8))
+    assert model.body[0].out_channels < 16 and model.head.in_features < 16  # pruned, ...
+    assert model.eval()(torch.randn(2, 1, 8, 8)).shape == (2, 5)  # ... but not the classes
+
+
 def test_structured_pruning_by_parameters_and_global_bn_scale():
     pruner, model = pruning.Structured(0.6, target="params", importance="bn_scale", scope="global"), _model()
     pruner.validate(model, torch.zeros(1, 1, 8, 8))  # an untrained network's equal BN scales are no obstacle

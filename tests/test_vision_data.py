@@ -91,6 +91,31 @@ def test_missing_image_folder_explains_the_layout(tmp_path):
         ImageFolderDataModule(root=str(tmp_path / "nothing"), num_classes=3).setup()
 
 
+def test_a_test_folder_alone_serves_and_the_train_split_is_asked_for_by_name(image_tree, tmp_path):
+    """A user who may keep only a held-out set (no train/) can still evaluate; a stage that
+    needs the train split says which settings do without it."""
+    import shutil
+
+    shutil.copytree(image_tree / "test", tmp_path / "test")
+    data = ImageFolderDataModule(root=str(tmp_path), num_classes=3, image_size=16)
+    data.setup()
+    assert len(data.test_set) == 6
+    with pytest.raises(DfkdError, match=r"has no train/ folder.*teacher\.checkpoint=PATH.*data\.val_size=0"):
+        data.train_set
+
+
+def test_normalization_needs_one_value_per_channel_and_a_guess_is_marked(tmp_path):
+    with pytest.raises(DfkdError, match=r"data\.mean=\[0\.5, 0\.5, 0\.5\].*one value per image channel.*"
+                                        r"data\.in_channels=1"):
+        ImageFolderDataModule(root=str(tmp_path), num_classes=3, in_channels=1, mean=[0.5] * 3, std=[0.5] * 3)
+    with pytest.raises(DfkdError, match=r"every std above 0"):
+        ImageFolderDataModule(root=str(tmp_path), num_classes=3, mean=[0.5] * 3, std=[0.5, 0.0, 0.5])
+    guessed = ImageFolderDataModule(root=str(tmp_path), num_classes=3)
+    assert not guessed.normalization_given and guessed.mean == (0.5, 0.5, 0.5)
+    assert ImageFolderDataModule(root=str(tmp_path), num_classes=3, mean=[0.4] * 3, std=[0.2] * 3).normalization_given
+    assert CIFARDataModule(root=str(tmp_path), num_classes=10).normalization_given  # CIFAR's own statistics
+
+
 def test_missing_cifar_says_how_to_get_it(tmp_path):
     with pytest.raises(DfkdError, match=r"data\.download=true.*cifar-10-batches-py"):
         CIFARDataModule(root=str(tmp_path), num_classes=10).setup()

@@ -109,6 +109,14 @@ class ImageDataModule(L.LightningDataModule):
     def image_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.image_size, self.image_size)
 
+    def set_normalization(self, mean, std) -> None:
+        """The per-channel normalization every image gets (checked: one value per channel, std > 0)."""
+        mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        check(len(mean) == len(std) == self.in_channels and all(s > 0 for s in std),
+              f"data.mean={list(mean)} and data.std={list(std)} need one value per image channel "
+              f"(data.in_channels={self.in_channels}), every std above 0.")
+        self.mean, self.std = mean, std
+
     def _stats(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         shape = (self.in_channels, 1, 1)
         return (torch.tensor(self.mean, device=device).view(shape),

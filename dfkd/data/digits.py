@@ -28,7 +28,7 @@ class DigitsDataModule(ImageDataModule):
         self.test_fraction = test_fraction
         self.normalization_given = mean is not None and std is not None
         if self.normalization_given:
-            self.mean, self.std = tuple(mean), tuple(std)
+            self.set_normalization(mean, std)
         self._arrays: tuple | None = None
 
     def setup(self, stage: str | None = None) -> None:

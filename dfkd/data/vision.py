@@ -46,9 +46,12 @@ class _VisionDataModule(ImageDataModule):
                  train_subset: int | None = None, **kwargs) -> None:
         super().__init__(name, num_classes, in_channels, image_size, augment=augment, **kwargs)
         self.root = Path(root).expanduser()
-        default_mean, default_std = CIFAR_STATS.get(name, ((0.5,) * in_channels, (0.5,) * in_channels))
-        self.mean = tuple(mean) if mean is not None else default_mean
-        self.std = tuple(std) if std is not None else default_std
+        known = CIFAR_STATS.get(name)
+        # without data.mean and data.std (and not CIFAR): 0.5 per channel, a guess that strict
+        # data-free mode refuses and a loaded teacher is warned about
+        self.normalization_given = (mean is not None and std is not None) or known is not None
+        guess = known or ((0.5,) * in_channels, (0.5,) * in_channels)
+        self.set_normalization(mean if mean is not None else guess[0], std if std is not None else guess[1])
         self.train_subset = train_subset
 
     def _subset(self, size: int) -> list[int] | None:
@@ -62,7 +65,8 @@ class _VisionDataModule(ImageDataModule):
     def _check_classes(self, found: int) -> None:
         check(found == self.num_classes,
               f"data={self.name} at {self.root} has {found} classes, but data.num_classes="
-              f"{self.num_classes}; set data.num_classes={found} (the model's output size follows it).")
+              f"{self.num_classes}; set data.num_classes={found} (a built-in model's output size follows it; "
+              f"model=custom: set its own in model.kwargs).")
 
 
 class CIFARDataModule(_VisionDataModule):
@@ -143,6 +147,8 @@ class ImageFolderDataModule(_VisionDataModule):
         if self._folders:
             return
         folders = {split: self.root / d for split, d in (("train", self.train_dir), ("test", self.test_dir))}
+        if folders["test"].is_dir() and not folders["train"].is_dir():
+            del folders["train"]  # a held-out set alone serves a data-free run; a stage that needs train says so
         missing = [str(f) for f in folders.values() if not f.is_dir()]
         check(not missing,
               f"data.root={self.root} is not an ImageFolder tree: {', '.join(missing)} missing. "
@@ -154,15 +160,21 @@ class ImageFolderDataModule(_VisionDataModule):
             found = {split: datasets.ImageFolder(str(f), loader=str) for split, f in folders.items()}
         except (FileNotFoundError, RuntimeError) as err:
             raise DfkdError(f"data.root={self.root}: {err}. Each class folder must hold images.") from err
-        check(found["train"].classes == found["test"].classes,
-              f"data.root={self.root}: the train and test folders hold different classes "
-              f"({len(found['train'].classes)} vs {len(found['test'].classes)}); both need the same "
-              f"class folders.")
-        self._check_classes(len(found["train"].classes))
+        if "train" in found:
+            check(found["train"].classes == found["test"].classes,
+                  f"data.root={self.root}: the train and test folders hold different classes "
+                  f"({len(found['train'].classes)} vs {len(found['test'].classes)}); both need the same "
+                  f"class folders.")
+        self._check_classes(len(found["test"].classes))
         self._folders = {split: _DecodedFolder(f, self.in_channels, self.image_size)
                          for split, f in found.items()}
 
     def read(self, split: str) -> Dataset:
+        check(split in self._folders,
+              f"data.root={self.root} has no {self.train_dir}/ folder, but this run reads the train split: to "
+              f"train the teacher (give teacher.checkpoint=PATH), for a recovery on real images (recovery=dream_kd "
+              f"needs none), or for a validation split (data.val_size=0 needs none). Add the folder, or point "
+              f"data.train_dir at it.")
         folder = self._folders[split]
         keep = self._subset(len(folder)) if split == "train" else None
         if not self.in_memory:

@@ -62,6 +62,20 @@ def coupled_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
     return found
 
 
+def classifier(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The conv or linear layer that runs last on ``example`` (in execution order, not the order
+    the model lists its layers): the classifier, whose output channels are the classes."""
+    ran: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda module, inputs, output: ran.append(module)) for _, m in prunable(model)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ran[-1:]
+
+
 def channels(model: nn.Module) -> dict[str, int]:
     """The output channels of every conv and linear layer, by name."""
     return {n: int(m.weight.shape[0]) for n, m in prunable(model)}
@@ -78,15 +92,16 @@ def count(model: nn.Module, example: torch.Tensor, what: str) -> int:
 
 class Structured(Pruner):
     """Remove whole channels until ``ratio`` of the FLOPs (``target=flops``) or of the parameters
-    (``target=params``) are gone; ``keep_dense`` layers keep their output channels (by default the
-    classifier, whose outputs are the classes). ``coupled=keep``: channels that residual additions
-    tie across layers stay, and the ratio comes from the layers' own channels. ``rounds`` > 1: in
-    that many rounds of the ``schedule`` (cubic or linear), each followed by recovery."""
+    (``target=params``) are gone; ``keep_dense`` layers keep their output channels, and so does
+    the classifier (the layer that runs last), whose outputs are the classes. ``coupled=keep``:
+    channels that residual additions tie across layers stay, and the ratio comes from the layers'
+    own channels. ``rounds`` > 1: in that many rounds of the ``schedule`` (cubic or linear), each
+    followed by recovery."""
 
     structured = True
 
     def __init__(self, ratio: float = 0.5, target: str = "flops", importance: str = "l1", scope: str = "uniform",
-                 keep_dense=("last",), round_to: int | None = None, normalizer: str = "mean", rounds: int = 1,
+                 keep_dense=(), round_to: int | None = None, normalizer: str = "mean", rounds: int = 1,
                  schedule: str = "cubic", coupled: str = "prune", dreams: int = 1024) -> None:
         super().__init__(check_ratio(ratio, f"the fraction of the {target} removed"), keep_dense)
         check_choice("pruning.coupled", coupled, COUPLED)
@@ -191,7 +206,8 @@ class Structured(Pruner):
                 model, example, importance=importance,
                 global_pruning=self.scope == "global",
                 pruning_ratio=MAX_CHANNEL_RATIO, max_pruning_ratio=MAX_CHANNEL_RATIO, iterative_steps=STEPS,
-                ignored_layers=[m for n, m in prunable(model) if n in dense] + kept, round_to=self.round_to)
+                ignored_layers=[m for n, m in prunable(model) if n in dense] + kept + classifier(model, example),
+                round_to=self.round_to)
         except Exception as err:  # torch-pruning cannot trace every custom forward
             raise DfkdError(f"pruning=structured could not trace the model's layers ({type(err).__name__}: {err}); "
                             f"use unstructured pruning (pruning=magnitude) or pruning=nm for this model.") from err
