@@ -39,6 +39,11 @@ def warnings(results: dict, num_classes: int) -> list[str]:
         found.append(f"Measuring the student for deployment failed ({results['deployment_error']}; the traceback "
                      f"is in run.log): student.pt and the accuracy figures are kept. deploy=none skips the stage.")
     teacher, pruned, recovered = results["teacher"], results["pruned"], results["recovered"]
+    if teacher.get("normalization_unset"):
+        unset = teacher["normalization_unset"]
+        found.append(f"data.mean and data.std were not set, so the teacher from teacher.checkpoint saw images normalized "
+                     f"with mean {unset['mean']} and std {unset['std']}: if it was trained with other values, every "
+                     f"figure here is too low. Set them (data.mean=[...] data.std=[...]).")
     syn = results.get("synthesis") or {}
     if "acc" not in recovered:  # strict data-free mode: judged on held-out dreams
         if results["config"].get("recovery") != "none" and recovered["dream_agreement"] < 0.5:

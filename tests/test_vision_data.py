@@ -111,7 +111,7 @@ def test_normalization_needs_one_value_per_channel_and_a_guess_is_marked(tmp_pat
     with pytest.raises(DfkdError, match=r"every std above 0"):
         ImageFolderDataModule(root=str(tmp_path), num_classes=3, mean=[0.5] * 3, std=[0.5, 0.0, 0.5])
     guessed = ImageFolderDataModule(root=str(tmp_path), num_classes=3)
-    assert not guessed.normalization_given and guessed.mean == (0.5, 0.5, 0.5)
+    assert guessed.normalization == "guessed" and guessed.mean == (0.5, 0.5, 0.5)
     assert ImageFolderDataModule(root=str(tmp_path), num_classes=3, mean=[0.4] * 3, std=[0.2] * 3).normalization_given
     assert CIFARDataModule(root=str(tmp_path), num_classes=10).normalization_given  # CIFAR's own statistics
 

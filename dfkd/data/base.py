@@ -68,7 +68,7 @@ class ImageDataModule(L.LightningDataModule):
         self.val_size, self.split_seed = int(val_size), int(split_seed)
         self.mean: tuple[float, ...] = (0.0,) * in_channels
         self.std: tuple[float, ...] = (1.0,) * in_channels
-        self.normalization_given = True  # False: mean and std are measured on the data (setup)
+        self.normalization = "given"  # or "measured" on the train split (setup), or "guessed" (0.5 per channel)
         self._splits: dict[str, Dataset | None] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -108,6 +108,11 @@ class ImageDataModule(L.LightningDataModule):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.image_size, self.image_size)
+
+    @property
+    def normalization_given(self) -> bool:
+        """The normalization is the configured one (data.mean and data.std, or a data set's own)."""
+        return self.normalization == "given"
 
     def set_normalization(self, mean, std) -> None:
         """The per-channel normalization every image gets (checked: one value per channel, std > 0)."""
