@@ -38,9 +38,10 @@ def check_optimizer(factory, setting: str) -> None:
     try:
         factory([torch.nn.Parameter(torch.zeros(1))])
     except (TypeError, ValueError) as err:
+        hint = (f" Another {setting}._target_ may not take every keyword the default's has: remove those it "
+                f"does not take (e.g. ~{setting}.nesterov)." if isinstance(err, TypeError) else "")
         raise DfkdError(f"{setting} cannot build its optimizer ({type(err).__name__}: {err}). Check the "
-                        f"{setting}.* settings: e.g. {setting}.nesterov=false with momentum 0, or, with another "
-                        f"{setting}._target_, remove the keywords it does not take (~{setting}.nesterov).") from None
+                        f"{setting}.* settings.{hint}") from None
 
 
 def refuse_missing(cfg: DictConfig) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dfkd.errors import check
+from dfkd.errors import check, first_line
 from dfkd.pruning.structured import count
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def latency_ms(models: list[nn.Module], x: torch.Tensor, min_runs: int = 7, max_
     """Median wall time of one forward pass of each model, in milliseconds. The models take turns
     (after two warm-up passes each), so that a drift of the machine (clock, caches, other load)
     falls on all of them alike: at least ``min_runs`` turns and ``min_seconds``, at most
-    ``max_runs`` turns or ``max_seconds``."""
+    ``max_runs`` turns or ``max_seconds`` (which may leave fewer than ``min_runs`` turns)."""
     times: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
         for model in models:
@@ -129,7 +129,7 @@ def export_program(model: nn.Module, image_shape, path: Path) -> dict:
         program = torch.export.export(model, (example,), dynamic_shapes=({0: _batch_dim()},))
         torch.export.save(program, str(path))
     except Exception as err:  # noqa: BLE001 - any exporter failure is reported, not fatal
-        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+        return {"error": first_line(err)}
     return {"path": str(path), "bytes": path.stat().st_size}
 
 
@@ -151,7 +151,7 @@ def export_onnx(model: nn.Module, image_shape, path: Path, batch: int = 8) -> di
             expected = model(x).numpy()
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     except Exception as err:  # noqa: BLE001
-        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+        return {"error": first_line(err)}
     difference = float(np.abs(got - expected).max())
     scale = float(np.abs(expected).max()) or 1.0
     return {"path": str(path), "bytes": path.stat().st_size, "max_abs_difference": difference,

@@ -10,6 +10,12 @@ def check(condition: bool, message: str) -> None:
         raise DfkdError(message)
 
 
+def first_line(err: BaseException) -> str:
+    """``Type: first line of the message``, for an error reported inside a longer sentence."""
+    lines = str(err).splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
 def check_choice(setting: str, value, choices) -> None:
     """Refuse a ``value`` of ``setting`` that is not among ``choices``, listing them."""
     check(value in choices, f"{setting}={value!r} is unknown; choose one of {list(choices)}.")

@@ -31,6 +31,13 @@ def write_results(results: dict, folder: str | Path) -> Path:
     return path
 
 
+def normalization_warning(unset: dict) -> str:
+    """What a teacher of one's own judged on guessed normalization (``unset``: its mean and std) risks."""
+    return (f"data.mean and data.std were not set, so the teacher from teacher.checkpoint saw images normalized "
+            f"with mean {unset['mean']} and std {unset['std']}: if it was trained with other values, every figure "
+            f"here is too low. Set them (data.mean=[...] data.std=[...]).")
+
+
 def warnings(results: dict, num_classes: int) -> list[str]:
     """What makes a run's figures bad, in words: said loudly in the log, the table and
     results.json, never written down as an ordinary result."""
@@ -40,10 +47,7 @@ def warnings(results: dict, num_classes: int) -> list[str]:
                      f"is in run.log): student.pt and the accuracy figures are kept. deploy=none skips the stage.")
     teacher, pruned, recovered = results["teacher"], results["pruned"], results["recovered"]
     if teacher.get("normalization_unset"):
-        unset = teacher["normalization_unset"]
-        found.append(f"data.mean and data.std were not set, so the teacher from teacher.checkpoint saw images normalized "
-                     f"with mean {unset['mean']} and std {unset['std']}: if it was trained with other values, every "
-                     f"figure here is too low. Set them (data.mean=[...] data.std=[...]).")
+        found.append(normalization_warning(teacher["normalization_unset"]))
     syn = results.get("synthesis") or {}
     if "acc" not in recovered:  # strict data-free mode: judged on held-out dreams
         if results["config"].get("recovery") != "none" and recovered["dream_agreement"] < 0.5:

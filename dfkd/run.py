@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from dfkd import config, loggers, pruning, report, rundir, trainer
 from dfkd.config import build, refuse_missing
-from dfkd.errors import DfkdError, check
+from dfkd.errors import DfkdError, check, first_line
 from dfkd.evaluate import Judge, held_out_dreams
 from dfkd.recovery import SyntheticKD
 from dfkd.synthesis import dream, make_synthesizer
@@ -105,7 +105,7 @@ def run(cfg: DictConfig) -> dict:
                     results["deployment"] = deploy(teacher, student, data.image_shape, out)
                 except Exception as err:  # noqa: BLE001 - the student is saved; its figures are not lost for this
                     log.exception("Measuring the student for deployment failed")
-                    results["deployment_error"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+                    results["deployment_error"] = first_line(err)
         results["times"] = {**times, "total": sum(times.values())}
         results["warnings"] = report.warnings(results, data.num_classes)
         for warning in results["warnings"]:
@@ -310,8 +310,10 @@ def main(cfg: DictConfig) -> float | None:
         if isinstance(stop, SystemExit) and stop.code in (0, None):
             raise
         folder = run_folder(cfg)
-        unfinished = "" if (Path(cfg.paths.output_dir) / rundir.TEACHER_RECORD).is_file() else (
-            " (the teacher had not finished: its training keeps no checkpoint, so it trains again from the start)")
+        training = not (cfg.teacher.checkpoint or (Path(cfg.paths.output_dir) / rundir.TEACHER_RECORD).is_file()
+                        or cache_file(cfg.paths.cache_dir, cfg.model, cfg.data, cfg.teacher, cfg.trainer).is_file())
+        unfinished = (" (the teacher had not finished training: its training keeps no checkpoint, so it trains "
+                      "again from the start)") if training else ""
         say(f"\ndfkd: interrupted. Go on from the last checkpoint with: python -m dfkd.run resume={folder}"
             f"{unfinished}")
         sys.exit(130)

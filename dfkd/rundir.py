@@ -88,10 +88,30 @@ def _refuse_contradictions(folder: Path, original: list[str], extra: list[str]) 
                 f"weights.")
 
 
+# environment variables that number the processes of a distributed job (Lightning's relaunch per
+# rank and per node, torchrun, Slurm, MPI, LSF): a process whose number is not 0 is a later rank
+RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK",
+                  "PMI_RANK", "JSM_NAMESPACE_RANK")
+# what a run leaves in its folder once it has done work worth keeping
+WORK = ("results.json", TEACHER_RECORD, "student.pt", "checkpoints", "pruning_dreams.pt", "round_1")
+
+
 def _later_rank() -> bool:
-    """A DDP process other than the first (Lightning relaunches the command line per rank, into
-    the same run folder; Slurm starts every task at once)."""
-    return any(os.environ.get(k, "0") not in ("", "0") for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID"))
+    """A process of a distributed job other than the first: it joins rank 0's run folder."""
+    return any(os.environ.get(k, "0") not in ("", "0") for k in RANK_VARIABLES)
+
+
+def holds_run(folder: Path) -> str | None:
+    """'finished' or 'unfinished' if ``folder`` holds a run's work, else None."""
+    if (folder / "results.json").exists():
+        return "finished"
+    return "unfinished" if any((folder / name).exists() for name in WORK) else None
+
+
+def _refuse_held(key: str, value: str, folder: Path, held: str) -> None:
+    go_on = ("" if held == "finished" else f"go on with it (python -m dfkd.run resume={folder}), ")
+    raise DfkdError(f"{key}={value} holds a{'' if held == 'finished' else 'n'} {held} dfkd run, which a new run "
+                    f"would overwrite: {go_on}give another folder, or delete it first (rm -r {folder}).")
 
 
 def _plain(node):
@@ -99,24 +119,33 @@ def _plain(node):
 
 
 def check_output_dir(argv: list[str]) -> None:
-    """The run (or sweep) folder can be created: refused now, not as a traceback from Hydra; a
-    run folder that holds a run already is refused too, so that a new run never overwrites its
-    results, checkpoints and dreams (``resume=`` goes on with it instead)."""
+    """The run (or sweep) folder can be created: refused now, not as a traceback from Hydra. A
+    folder that holds a run's work (a sweep folder: in a job folder) is refused too, so that a new
+    run never overwrites results, checkpoints and dreams; ``resume=`` goes on with an unfinished one."""
+    sweep = "-m" in argv or "--multirun" in argv
+    given = False
     for arg in argv[1:]:
         key, _, value = arg.partition("=")
-        if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and "${" not in value:
-            folder = Path(value.strip("'\"")).expanduser()
-            if key.lstrip("+") == "hydra.run.dir" and RESUMED not in argv and not _later_rank():
-                check(not (folder / ".hydra" / "overrides.yaml").is_file(),
-                      f"hydra.run.dir={value} holds a dfkd run already, which a new run would overwrite: "
-                      f"go on with it (python -m dfkd.run resume={folder}), or give another folder.")
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                check(os.access(folder, os.W_OK), f"{folder} is not writable")
-            except (OSError, DfkdError) as err:
-                raise DfkdError(f"{key.lstrip('+')}={value}: the run folder cannot be written ({err}). Give "
-                                f"a folder you can write to.") from None
-            return
+        key = key.lstrip("+")
+        if key not in ("hydra.run.dir", "hydra.sweep.dir") or "${" in value or (key == "hydra.run.dir") == sweep:
+            continue  # a sweep writes into hydra.sweep.dir only, a single run into hydra.run.dir only
+        given = True
+        folder = Path(value.strip("'\"")).expanduser()
+        if RESUMED not in argv and not _later_rank():
+            if sweep:  # its jobs write into numbered folders inside it
+                held = next(filter(None, map(holds_run, sorted(folder.glob("*/")))), None)
+            else:
+                held = holds_run(folder)
+            if held:
+                _refuse_held(key, value, folder, held)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            check(os.access(folder, os.W_OK), f"{folder} is not writable")
+        except (OSError, DfkdError) as err:
+            raise DfkdError(f"{key}={value}: the run folder cannot be written ({err}). Give "
+                            f"a folder you can write to.") from None
+    if given:
+        return
     check(os.access(Path.cwd(), os.W_OK), f"Runs write into outputs/ under the current folder "
           f"{Path.cwd()}, which is not writable: run from another folder, or set hydra.run.dir=PATH "
           f"(hydra.sweep.dir=PATH for -m).")

@@ -21,9 +21,10 @@ from torch import nn
 
 from dfkd.config import build
 from dfkd.data import ImageDataModule
-from dfkd.errors import DfkdError, check
+from dfkd.errors import DfkdError, check, first_line
 from dfkd.evaluate import evaluate, near_chance
 from dfkd.modules import ClassifierModule, freeze
+from dfkd.report import normalization_warning
 from dfkd.trainer import device_of, make_trainer
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def check_fits(model: nn.Module, model_name: str, data: ImageDataModule) -> None
     except Exception as err:  # noqa: BLE001 - a model may refuse a shape by assertion, ValueError, ...
         raise DfkdError(
             f"model={model_name} cannot take data={data.name}'s images (channels, height, width = "
-            f"{shape}): {type(err).__name__}: {(str(err).splitlines() or [''])[0]}. data.image_size must be "
+            f"{shape}): {first_line(err)}. data.image_size must be "
             f"a size the model takes (a teacher of your own: the size it was trained at). Images this small "
             f"may be downsampled to nothing by the architecture: use larger images (the CIFAR architectures "
             f"are built for 32x32), or a smaller architecture (data=digits, 8x8 grey, goes with "
@@ -135,7 +136,15 @@ def cache_file(cache_dir: str | os.PathLike, model: DictConfig, data: DictConfig
     key["trainer"] = {k: str(trainer.get(k)) for k in TRAINER_KEY}
     if model.get("path"):  # model=custom: the class's code changes the teacher too
         key["code"] = _source_digest(str(model.path))
-    key["data"].pop("num_workers", None)
+    for setting in ("num_workers", "in_memory"):  # how images are read, not which
+        key["data"].pop(setting, None)
+    target = str(key["data"].get("_target_", ""))
+    for stat in ("mean", "std"):  # null: the data set's own normalization, keyed as before it could be null
+        if stat in key["data"] and key["data"][stat] is None:
+            if target.endswith("ImageFolderDataModule"):  # its guess, 0.5 per channel
+                key["data"][stat] = [0.5] * int(key["data"]["in_channels"])
+            elif target.endswith("CIFARDataModule"):  # CIFAR's own statistics
+                del key["data"][stat]
     for setting in ("checkpoint", "val_every_n_epochs", "min_accuracy"):  # they change no weights
         key["teacher"].pop(setting, None)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
@@ -196,26 +205,23 @@ def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tra
         if not evaluate_it:
             log.info("Teacher from teacher.checkpoint=%s (not evaluated: strict data-free mode)", cfg.checkpoint)
             return teacher.to(device), {"source": str(cfg.checkpoint)}
-        if data.normalization == "guessed":
-            log.warning("data.mean and data.std are not set: the teacher from teacher.checkpoint sees images "
-                        "normalized with mean %s and std %s. If it was trained with other values, set them "
-                        "(data.mean=[...] data.std=[...]).", list(data.mean), list(data.std))
         info = {"source": str(cfg.checkpoint), **scores(teacher, data, device, nhwc)}
-        if data.normalization == "guessed":  # said again under the final table
+        # a teacher dfkd trained (its facts beside it: the cache, or a run's own record on resume) saw
+        # these very images; one of the user's own may have been trained with other statistics
+        if data.normalization == "guessed" and not Path(cfg.checkpoint).with_suffix(".json").is_file():
             info["normalization_unset"] = {"mean": list(data.mean), "std": list(data.std)}
+            log.warning(normalization_warning(info["normalization_unset"]))
         log.info("Teacher from teacher.checkpoint=%s: test accuracy %.2f%% (%.0f s)", cfg.checkpoint,
                  100 * info["acc"], time.perf_counter() - start)
-        floor = cfg.get("min_accuracy")
-        if near_chance(info["acc"], data.num_classes) if floor is None else info["acc"] < floor:
+        weak = below_bar(info["acc"], cfg, data.num_classes)
+        if weak:
             raise DfkdError(
-                f"The teacher from teacher.checkpoint={cfg.checkpoint} scores {100 * info['acc']:.1f}% on the "
-                f"test split of data={data.name} ({data.num_classes} classes, chance "
-                f"{100 / data.num_classes:.0f}%; the bar: teacher.min_accuracy={floor}"
-                f"{', i.e. not near chance' if floor is None else ''}), so it does not see these images as it "
-                f"was trained to. Check the normalization it was trained with (data.mean={list(data.mean)}, "
-                f"data.std={list(data.std)}), its input size (data.image_size={data.image_size}) and its "
-                f"class order (an ImageFolder tree's classes are its folder names in alphabetical order); "
-                f"teacher.min_accuracy=0 goes on with it anyway.")
+                f"The teacher from teacher.checkpoint={cfg.checkpoint} scores {weak} on the test split of "
+                f"data={data.name}, so it does not see these images as it was trained to. Check the "
+                f"normalization it was trained with (data.mean={list(data.mean)}, data.std={list(data.std)}), "
+                f"its input size (data.image_size={data.image_size}) and its class order (an ImageFolder "
+                f"tree's classes are its folder names in alphabetical order); teacher.min_accuracy=0 goes on "
+                f"with it anyway.")
         return teacher, info
     facts = cache.with_suffix(".json")
     if cache.is_file():
@@ -232,25 +238,33 @@ def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tra
     return _train_and_cache(model, cfg, data, trainer, cache, Path(run_dir))
 
 
+def below_bar(acc: float, cfg: DictConfig, num_classes: int) -> str | None:
+    """None if a teacher's test accuracy ``acc`` clears teacher.min_accuracy (null: not near
+    chance); else the accuracy and the bar, in words."""
+    floor = cfg.get("min_accuracy")  # checked by run.check_settings
+    if not (near_chance(acc, num_classes) if floor is None else acc < floor):
+        return None
+    bar = "null, i.e. not near chance" if floor is None else floor
+    return (f"{100 * acc:.1f}% test accuracy ({num_classes} classes, chance {100 / num_classes:.0f}%; the bar: "
+            f"teacher.min_accuracy={bar})")
+
+
 def _train_and_cache(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trainer: DictConfig,
                      cache: Path, run_dir: Path) -> tuple[nn.Module, dict]:
     """Train a teacher; refuse it near chance (or under teacher.min_accuracy), else cache it with
     its accuracy (kept in the run folder if the cache cannot be written)."""
     start = time.perf_counter()
-    floor = cfg.get("min_accuracy")  # checked by run.check_settings
     _check_writable(cache.parent)  # before hours of training, not after
     train_teacher(model, cfg, data, trainer, run_dir)
     teacher = freeze(model)
     known = {**scores(teacher, data, device_of(trainer), trainer.channels_last),
              "train_seconds": time.perf_counter() - start}
-    if near_chance(known["acc"], data.num_classes) if floor is None else known["acc"] < floor:
+    weak = below_bar(known["acc"], cfg, data.num_classes)
+    if weak:
         kept = run_dir / "teacher_rejected.pt"  # a teacher at chance is never cached
         torch.save(teacher.state_dict(), kept)
         raise DfkdError(
-            f"The teacher trained to {100 * known['acc']:.1f}% test accuracy ({data.num_classes} classes, "
-            f"chance {100 / data.num_classes:.0f}%; the bar: teacher.min_accuracy={floor}"
-            f"{', i.e. not near chance' if floor is None else ''}): it was not cached (its "
-            f"weights are in {kept}). Lower teacher.optimizer.lr (now {cfg.optimizer.get('lr')}), train "
+            f"The teacher trained to {weak}: it was not cached (its weights are in {kept}). Lower teacher.optimizer.lr (now {cfg.optimizer.get('lr')}), train "
             f"longer (teacher.epochs={cfg.epochs}), or check the data (data.root, data.num_classes).")
     try:  # atomic: an interrupted run never leaves a half-written teacher
         write_atomically(cache, lambda tmp: torch.save(teacher.state_dict(), tmp))

@@ -14,7 +14,7 @@ out=outputs/bench/cifar10_levers
 base="+experiment=cifar10_cpu_reduced teacher.seed=0 seed=0 recovery.optimizer.lr=0.01 recovery.mix=none recovery.pool.augment=none synthesis.synthesizer.warmup_steps=200"
 lever() {  # NAME OVERRIDES...
     local name=$1; shift
-    unfinished "$out/$name" && .venv/bin/python -m dfkd.run $base "$@" hydra.run.dir="$out/$name"
+    if unfinished "$out/$name"; then .venv/bin/python -m dfkd.run $base "$@" hydra.run.dir="$out/$name"; fi
 }
 lever real_kd recovery=real_kd
 lever dream_kd recovery=dream_kd

@@ -142,7 +142,7 @@ def test_strict_data_free_mode_reads_no_real_data(make_cfg, image_tree, tmp_path
         run(make_cfg(*base, *pool, f"teacher.checkpoint={checkpoint}"))
 
 
-def test_a_loaded_teacher_near_chance_is_refused_naming_the_input_settings(make_cfg, tmp_path):
+def test_a_loaded_teacher_near_chance_is_refused_naming_the_input_settings(make_cfg, tmp_path, monkeypatch):
     """A teacher that does not see the images as it was trained to (other normalization, size or
     class order) scores near chance: refused before any pruning, the settings to check named."""
     import torch
@@ -156,10 +156,14 @@ def test_a_loaded_teacher_near_chance_is_refused_naming_the_input_settings(make_
         classifier.weight.zero_(), classifier.bias.zero_()
     checkpoint = tmp_path / "teacher.pt"
     torch.save(model.state_dict(), checkpoint)
-    with pytest.raises(DfkdError, match=r"teacher\.checkpoint=.* scores \d+\.\d% .*data\.mean=.*data\.image_size=8.*"
-                                        r"class order.*teacher\.min_accuracy=0 goes on"):
-        run(make_cfg(f"teacher.checkpoint={checkpoint}"))
-    assert not (tmp_path / "student.pt").exists() and not (tmp_path / "results.json").exists()
+    def pruned(*args, **kwargs):
+        raise AssertionError("the student was pruned before the teacher was refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("dfkd.run.Stages.prune_and_recover", pruned)
+        with pytest.raises(DfkdError, match=r"teacher\.checkpoint=.* scores \d+\.\d% .*data\.mean=.*"
+                                            r"data\.image_size=8.*class order.*teacher\.min_accuracy=0 goes on"):
+            run(make_cfg(f"teacher.checkpoint={checkpoint}"))
     results = run(make_cfg(f"teacher.checkpoint={checkpoint}", "teacher.min_accuracy=0", "recovery=none",
                            "pruning.keep_dense=[last]"))  # its zeroed classifier kept as it is
     assert results["teacher"]["acc"] < 0.15  # kept when asked for, and still reported near chance
@@ -173,9 +177,32 @@ def test_a_run_folder_that_holds_a_run_is_refused_not_overwritten(tmp_path):
     (folder / "student.pt").write_bytes(b"finished work")
     before = sorted(p.name for p in folder.rglob("*"))
     proc = _cli(tmp_path, "logger=none", f"hydra.run.dir={folder}")
-    assert proc.returncode == 2 and "holds a dfkd run already" in proc.stderr and f"resume={folder}" in proc.stderr
+    assert proc.returncode == 2 and "holds an unfinished dfkd run" in proc.stderr
+    assert f"resume={folder}" in proc.stderr and f"rm -r {folder}" in proc.stderr
     assert sorted(p.name for p in folder.rglob("*")) == before
     assert (folder / "student.pt").read_bytes() == b"finished work"
+
+
+def test_which_run_folders_a_new_run_may_use(tmp_path, monkeypatch):
+    from dfkd.rundir import RANK_VARIABLES, check_output_dir
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    refused = tmp_path / "refused"  # a run refused at its settings: Hydra's record and a log, no work
+    (refused / ".hydra").mkdir(parents=True)
+    (refused / "run.log").write_text("dfkd: error: seed='abc' ...")
+    check_output_dir(["dfkd", f"hydra.run.dir={refused}"])  # free to use again
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "results.json").write_text("{}")
+    with pytest.raises(DfkdError, match=r"holds a finished dfkd run.*another folder.*rm -r") as err:
+        check_output_dir(["dfkd", f"hydra.run.dir={finished}"])
+    assert "resume=" not in str(err.value)  # a finished run has nothing to resume
+    check_output_dir(["dfkd", "-m", f"hydra.run.dir={finished}", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    with pytest.raises(DfkdError, match=r"hydra\.sweep\.dir=.* holds a finished dfkd run"):
+        check_output_dir(["dfkd", "-m", f"hydra.sweep.dir={tmp_path}"])  # its job folder finished/ holds one
+    monkeypatch.setenv("NODE_RANK", "1")  # a later node of a distributed run joins rank 0's folder
+    check_output_dir(["dfkd", f"hydra.run.dir={finished}"])
 
 
 def test_the_teacher_cache_key_follows_what_changes_the_teacher(make_cfg, tmp_path, monkeypatch):
@@ -190,6 +217,11 @@ def test_the_teacher_cache_key_follows_what_changes_the_teacher(make_cfg, tmp_pa
         assert key(changes) != base, changes
     for keeps in ("teacher.val_every_n_epochs=5", "teacher.min_accuracy=0.5", "data.num_workers=3"):
         assert key(keeps) == base, keeps
+    # how an ImageFolder tree is read changes no teacher; its null normalization is its 0.5 guess
+    folder = ("data=image_folder", "data.root=/images")
+    assert key(*folder) == key(*folder, "data.in_memory=false") == key(*folder, "data.mean=[0.5,0.5,0.5]",
+                                                                         "data.std=[0.5,0.5,0.5]")
+    assert key(*folder, "data.mean=[0.4,0.4,0.4]", "data.std=[0.2,0.2,0.2]") != key(*folder)
     # model=custom: the class's code is part of the key
     package = tmp_path / "mynets.py"
     package.write_text("from dfkd.models import DigitsCNN as Net\n")

@@ -108,6 +108,8 @@ def test_normalization_needs_one_value_per_channel_and_a_guess_is_marked(tmp_pat
     with pytest.raises(DfkdError, match=r"data\.mean=\[0\.5, 0\.5, 0\.5\].*one value per image channel.*"
                                         r"data\.in_channels=1"):
         ImageFolderDataModule(root=str(tmp_path), num_classes=3, in_channels=1, mean=[0.5] * 3, std=[0.5] * 3)
+    with pytest.raises(DfkdError, match=r"give both.*or neither"):
+        ImageFolderDataModule(root=str(tmp_path), num_classes=3, mean=[0.4] * 3)
     with pytest.raises(DfkdError, match=r"every std above 0"):
         ImageFolderDataModule(root=str(tmp_path), num_classes=3, mean=[0.5] * 3, std=[0.5, 0.0, 0.5])
     guessed = ImageFolderDataModule(root=str(tmp_path), num_classes=3)

@@ -116,6 +116,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def set_normalization(self, mean, std) -> None:
         """The per-channel normalization every image gets (checked: one value per channel, std > 0)."""
+        check((mean is None) == (std is None), f"data.mean={mean} and data.std={std}: give both (the "
+              f"normalization the teacher was trained with), or neither.")
         mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         check(len(mean) == len(std) == self.in_channels and all(s > 0 for s in std),
               f"data.mean={list(mean)} and data.std={list(std)} need one value per image channel "

@@ -26,7 +26,7 @@ class DigitsDataModule(ImageDataModule):
               f"data.num_classes={num_classes}, data.in_channels={in_channels}, "
               f"data.image_size={image_size}; leave them at their defaults for data=digits.")
         self.test_fraction = test_fraction
-        self.normalization = "given" if mean is not None and std is not None else "measured"
+        self.normalization = "measured" if mean is None and std is None else "given"
         if self.normalization_given:
             self.set_normalization(mean, std)
         self._arrays: tuple | None = None

@@ -49,9 +49,9 @@ class _VisionDataModule(ImageDataModule):
         known = CIFAR_STATS.get(name)
         # without data.mean and data.std (and not CIFAR): 0.5 per channel, a guess that strict
         # data-free mode refuses and a loaded teacher is warned about
-        self.normalization = "given" if (mean is not None and std is not None) or known else "guessed"
-        guess = known or ((0.5,) * in_channels, (0.5,) * in_channels)
-        self.set_normalization(mean if mean is not None else guess[0], std if std is not None else guess[1])
+        given = mean is not None or std is not None
+        self.normalization = "given" if given or known else "guessed"
+        self.set_normalization(*((mean, std) if given else known or ((0.5,) * in_channels,) * 2))
         self.train_subset = train_subset
 
     def _subset(self, size: int) -> list[int] | None:
