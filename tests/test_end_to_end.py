@@ -195,6 +195,24 @@ def test_an_interrupted_run_resumes_with_one_command(tmp_path, cache_dir):
     assert nowhere.returncode == 2 and "not the folder of a dfkd run" in nowhere.stderr
 
 
+def test_a_run_interrupted_while_its_teacher_trains_says_the_teacher_starts_again(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "DFKD_CACHE_DIR": str(tmp_path / "cache")}
+    folder = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "dfkd.run", *FAST, "teacher.epochs=500", f"hydra.run.dir={folder}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "teacher epoch 1/500" not in (
+            (folder / "run.log").read_text() if (folder / "run.log").is_file() else ""):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert f"resume={folder}" in stderr and "the teacher had not finished training" in stderr
+
+
 def test_teacher_training_logs_every_epoch_without_a_progress_bar(make_cfg, tmp_path, caplog):
     import logging
 
