@@ -66,6 +66,8 @@
 #                     chosen at 300 steps)
 #   cutmix_steps3000_coupled_keep_diversity8: cutmix_steps3000 with both pruning.coupled=keep and
 #                     diversity_weight=8 (the two settings that recovered more at 300 steps on two seeds each)
+#   cutmix_steps3000_bnm09: cutmix_steps3000 with the dreams' BatchNorm statistics as a moving average across
+#                     batches (synthesis.synthesizer.bn_momentum=0.9, Fang et al.'s setting)
 #   cutmix_steps6000: dream_kd for 6,000 steps with CutMix (about 45 minutes)
 #   cutmix_steps3000_adv1: cutmix_steps3000 with the adversarial (competition) term at weight 1:
 #                     dreams pushed to where student and teacher disagree (about 25 minutes)
@@ -131,7 +133,8 @@ declare -A extra=(
     [cutmix_steps3000_taylor_seed1]="recovery.steps=3000 recovery.mix=cutmix pruning.importance=taylor seed=1"
     [cutmix_steps3000_lr06]="recovery.steps=3000 recovery.mix=cutmix recovery.optimizer.lr=0.06"
     [cutmix_steps3000_coupled_keep_diversity8]="recovery.steps=3000 recovery.mix=cutmix pruning.coupled=keep
-        synthesis.synthesizer.diversity_weight=8")
+        synthesis.synthesizer.diversity_weight=8"
+    [cutmix_steps3000_bnm09]="recovery.steps=3000 recovery.mix=cutmix synthesis.synthesizer.bn_momentum=0.9")
 for name in ${RUNS:-real_kd lr0.1 l2_global steps1000}; do
     unfinished "$out/$name" && .venv/bin/python -m dfkd.run +experiment=cifar10_cpu_reduced \
         teacher.seed=0 seed=0 pruning=structured pruning.ratio=0.5 deploy=none recovery.mix=none recovery.pool.augment=none synthesis.synthesizer.warmup_steps=200 ${extra[$name]} \
