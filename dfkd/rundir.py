@@ -88,17 +88,20 @@ def _refuse_contradictions(folder: Path, original: list[str], extra: list[str]) 
                 f"weights.")
 
 
-# environment variables that number the processes of a distributed job (Lightning's relaunch per
-# rank and per node, torchrun, Slurm, MPI, LSF): a process whose number is not 0 is a later rank
-RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK",
-                  "PMI_RANK", "JSM_NAMESPACE_RANK")
+# a process of a job launched as many processes at once (torchrun, Slurm tasks, MPI): each would
+# check the folder on its own while the others write it, so such jobs are not checked
+JOB_SIZE_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 # what a run leaves in its folder once it has done work worth keeping
-WORK = ("results.json", TEACHER_RECORD, "student.pt", "checkpoints", "pruning_dreams.pt", "round_1")
+WORK = ("results.json", TEACHER_RECORD, "student.pt", "checkpoints", "pruning_dreams.pt", "round_1", "teacher.pt",
+        "teacher_rejected.pt")
 
 
-def _later_rank() -> bool:
-    """A process of a distributed job other than the first: it joins rank 0's run folder."""
-    return any(os.environ.get(k, "0") not in ("", "0") for k in RANK_VARIABLES)
+def _one_of_many(argv: list[str]) -> bool:
+    """A process of a distributed job: Lightning's relaunch of the command line for a later rank
+    (into rank 0's run folder), or one of many processes started together."""
+    if any(a.startswith("hydra.job.name=train_ddp_process_") for a in argv):
+        return True
+    return any(os.environ.get(k, "1").isdigit() and int(os.environ.get(k, "1")) > 1 for k in JOB_SIZE_VARIABLES)
 
 
 def holds_run(folder: Path) -> str | None:
@@ -108,10 +111,22 @@ def holds_run(folder: Path) -> str | None:
     return "unfinished" if any((folder / name).exists() for name in WORK) else None
 
 
-def _refuse_held(key: str, value: str, folder: Path, held: str) -> None:
-    go_on = ("" if held == "finished" else f"go on with it (python -m dfkd.run resume={folder}), ")
-    raise DfkdError(f"{key}={value} holds a{'' if held == 'finished' else 'n'} {held} dfkd run, which a new run "
-                    f"would overwrite: {go_on}give another folder, or delete it first (rm -r {folder}).")
+def _refuse_held(key: str, value: str, folder: Path) -> None:
+    """A run into ``folder`` (a sweep: into its numbered job folders) would overwrite a run's work."""
+    what = {"finished": "a finished dfkd run", "unfinished": "an unfinished dfkd run"}
+    if key == "hydra.run.dir":
+        held = holds_run(folder)
+        if held:
+            go_on = "" if held == "finished" else f"go on with it (python -m dfkd.run resume={folder}), "
+            raise DfkdError(f"{key}={value} holds {what[held]}, which a new run would overwrite: {go_on}give "
+                            f"another folder, or delete it first (rm -r {folder}).")
+        return
+    for job in sorted(folder.glob("[0-9]*/"), key=lambda p: (len(p.name), p.name)):  # Hydra numbers its jobs
+        held = holds_run(job)
+        if held:
+            go_on = "" if held == "finished" else f" (go on with that job alone: python -m dfkd.run resume={job})"
+            raise DfkdError(f"{key}={value}: its job folder {job} holds {what[held]}, which the sweep would "
+                            f"overwrite{go_on}. Give another hydra.sweep.dir.")
 
 
 def _plain(node):
@@ -131,13 +146,8 @@ def check_output_dir(argv: list[str]) -> None:
             continue  # a sweep writes into hydra.sweep.dir only, a single run into hydra.run.dir only
         given = True
         folder = Path(value.strip("'\"")).expanduser()
-        if RESUMED not in argv and not _later_rank():
-            if sweep:  # its jobs write into numbered folders inside it
-                held = next(filter(None, map(holds_run, sorted(folder.glob("*/")))), None)
-            else:
-                held = holds_run(folder)
-            if held:
-                _refuse_held(key, value, folder, held)
+        if RESUMED not in argv and not _one_of_many(argv):
+            _refuse_held(key, value, folder)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             check(os.access(folder, os.W_OK), f"{folder} is not writable")

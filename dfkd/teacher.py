@@ -208,7 +208,7 @@ def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tra
         info = {"source": str(cfg.checkpoint), **scores(teacher, data, device, nhwc)}
         # a teacher dfkd trained (its facts beside it: the cache, or a run's own record on resume) saw
         # these very images; one of the user's own may have been trained with other statistics
-        if data.normalization == "guessed" and not Path(cfg.checkpoint).with_suffix(".json").is_file():
+        if data.normalization == "guessed" and not _trained_by_dfkd(Path(cfg.checkpoint)):
             info["normalization_unset"] = {"mean": list(data.mean), "std": list(data.std)}
             log.warning(normalization_warning(info["normalization_unset"]))
         log.info("Teacher from teacher.checkpoint=%s: test accuracy %.2f%% (%.0f s)", cfg.checkpoint,
@@ -236,6 +236,16 @@ def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tra
         log.info("Teacher from the cache: %s, test accuracy %.2f%%", cache, 100 * known["acc"])
         return teacher, {"source": str(cache), "cached": True, **known}
     return _train_and_cache(model, cfg, data, trainer, cache, Path(run_dir))
+
+
+def _trained_by_dfkd(checkpoint: Path) -> bool:
+    """The checkpoint has dfkd's facts beside it: a cached teacher's accuracy, or (the teacher a
+    run kept in its own folder) the run's record of its teacher."""
+    try:
+        facts = json.loads(checkpoint.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(facts, dict) and ("acc" in facts or "source" in facts)
 
 
 def below_bar(acc: float, cfg: DictConfig, num_classes: int) -> str | None:

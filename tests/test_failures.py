@@ -184,9 +184,9 @@ def test_a_run_folder_that_holds_a_run_is_refused_not_overwritten(tmp_path):
 
 
 def test_which_run_folders_a_new_run_may_use(tmp_path, monkeypatch):
-    from dfkd.rundir import RANK_VARIABLES, check_output_dir
+    from dfkd.rundir import JOB_SIZE_VARIABLES, check_output_dir
 
-    for name in RANK_VARIABLES:
+    for name in JOB_SIZE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     refused = tmp_path / "refused"  # a run refused at its settings: Hydra's record and a log, no work
     (refused / ".hydra").mkdir(parents=True)
@@ -198,10 +198,19 @@ def test_which_run_folders_a_new_run_may_use(tmp_path, monkeypatch):
     with pytest.raises(DfkdError, match=r"holds a finished dfkd run.*another folder.*rm -r") as err:
         check_output_dir(["dfkd", f"hydra.run.dir={finished}"])
     assert "resume=" not in str(err.value)  # a finished run has nothing to resume
-    check_output_dir(["dfkd", "-m", f"hydra.run.dir={finished}", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
-    with pytest.raises(DfkdError, match=r"hydra\.sweep\.dir=.* holds a finished dfkd run"):
-        check_output_dir(["dfkd", "-m", f"hydra.sweep.dir={tmp_path}"])  # its job folder finished/ holds one
-    monkeypatch.setenv("NODE_RANK", "1")  # a later node of a distributed run joins rank 0's folder
+    # a sweep writes into its numbered job folders only (hydra.run.dir means nothing to it)
+    sweep = tmp_path / "sweep"
+    check_output_dir(["dfkd", "-m", f"hydra.run.dir={finished}", f"hydra.sweep.dir={sweep}"])
+    check_output_dir(["dfkd", "-m", f"hydra.sweep.dir={tmp_path}"])  # finished/ is no job folder of it
+    (sweep / "1" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(DfkdError, match=r"hydra\.sweep\.dir=.*: its job folder .*1 holds an unfinished dfkd run.*"
+                                        r"resume=.*1\).*another hydra\.sweep\.dir") as err:
+        check_output_dir(["dfkd", "-m", f"hydra.sweep.dir={sweep}"])
+    assert "rm -r" not in str(err.value)  # never the advice to delete a whole sweep
+    # the processes of a job started together (Slurm tasks, torchrun) and Lightning's relaunch of a
+    # later rank join one run folder: not refused
+    check_output_dir(["dfkd", f"hydra.run.dir={finished}", "hydra.job.name=train_ddp_process_1"])
+    monkeypatch.setenv("SLURM_NTASKS", "4")
     check_output_dir(["dfkd", f"hydra.run.dir={finished}"])
 
 
