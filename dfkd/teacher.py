@@ -274,8 +274,9 @@ def _train_and_cache(model: nn.Module, cfg: DictConfig, data: ImageDataModule, t
         kept = run_dir / "teacher_rejected.pt"  # a teacher at chance is never cached
         torch.save(teacher.state_dict(), kept)
         raise DfkdError(
-            f"The teacher trained to {weak}: it was not cached (its weights are in {kept}). Lower teacher.optimizer.lr (now {cfg.optimizer.get('lr')}), train "
-            f"longer (teacher.epochs={cfg.epochs}), or check the data (data.root, data.num_classes).")
+            f"The teacher trained to {weak}: it was not cached (its weights are in {kept}). Lower "
+            f"teacher.optimizer.lr (now {cfg.optimizer.get('lr')}), train longer (teacher.epochs={cfg.epochs}), "
+            f"or check the data (data.root, data.num_classes).")
     try:  # atomic: an interrupted run never leaves a half-written teacher
         write_atomically(cache, lambda tmp: torch.save(teacher.state_dict(), tmp))
         write_atomically(cache.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(known)))
