@@ -17,6 +17,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from dfkd.errors import check
 
 
+def _yaml(value) -> str:
+    """A setting's value as it is written on the command line (null, not None)."""
+    return "null" if value is None else str(list(value))
+
+
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """Per image: a random ``H x W`` crop of the zero-padded image (``padding`` pixels each side)
@@ -116,7 +121,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def set_normalization(self, mean, std) -> None:
         """The per-channel normalization every image gets (checked: one value per channel, std > 0)."""
-        check((mean is None) == (std is None), f"data.mean={mean} and data.std={std}: give both (the "
+        check((mean is None) == (std is None), f"data.mean={_yaml(mean)} and data.std={_yaml(std)}: give both (the "
               f"normalization the teacher was trained with), or neither.")
         mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         check(len(mean) == len(std) == self.in_channels and all(s > 0 for s in std),
