@@ -309,11 +309,13 @@ def main(cfg: DictConfig) -> float | None:
     except (KeyboardInterrupt, SystemExit) as stop:  # Lightning ends an interrupted fit with exit(1)
         if isinstance(stop, SystemExit) and stop.code in (0, None):
             raise
-        folder = run_folder(cfg)
-        training = not (cfg.teacher.checkpoint or (Path(cfg.paths.output_dir) / rundir.TEACHER_RECORD).is_file()
+        folder, out = run_folder(cfg), Path(cfg.paths.output_dir)
+        training = not (cfg.teacher.checkpoint or (out / rundir.TEACHER_RECORD).is_file()
                         or cache_file(cfg.paths.cache_dir, cfg.model, cfg.data, cfg.teacher, cfg.trainer).is_file())
-        unfinished = (" (the teacher had not finished training: its training keeps no checkpoint, so it trains "
-                      "again from the start)") if training else ""
+        saved = (out / rundir.TEACHER_CHECKPOINTS / "last.ckpt").is_file()
+        unfinished = "" if not training else (
+            " (the teacher had not finished training: it goes on from its last finished epoch)" if saved else
+            " (the teacher had not finished its first epoch: it trains again from the start)")
         say(f"\ndfkd: interrupted. Go on from the last checkpoint with: python -m dfkd.run resume={folder}"
             f"{unfinished}")
         sys.exit(130)

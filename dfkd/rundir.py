@@ -14,6 +14,7 @@ from dfkd.errors import DfkdError, check
 
 RESUMED = "hydra.output_subdir=.hydra/resumed"
 TEACHER_RECORD = "teacher.json"  # where a run notes the teacher it distils (a resume reuses it)
+TEACHER_CHECKPOINTS = "teacher_checkpoints"  # a teacher's training checkpoints, while it trains (a resume goes on)
 # What the checkpoint of a run embodies (its student, pruned from its teacher, and the pool): a
 # resume may not change these. Where the data lives may change; the budget, trainer and logger too.
 FIXED = ("model", "pruning", "data", "seed", "strict_data_free", "recovery._target_", "recovery.name",
@@ -93,7 +94,7 @@ def _refuse_contradictions(folder: Path, original: list[str], extra: list[str]) 
 JOB_SIZE_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 # what a run leaves in its folder once it has done work worth keeping
 WORK = ("results.json", TEACHER_RECORD, "student.pt", "checkpoints", "pruning_dreams.pt", "round_1", "teacher.pt",
-        "teacher_rejected.pt")
+        "teacher_rejected.pt", TEACHER_CHECKPOINTS)
 
 
 def _one_of_many(argv: list[str]) -> bool:

@@ -11,11 +11,14 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -25,6 +28,7 @@ from dfkd.errors import DfkdError, check, first_line
 from dfkd.evaluate import evaluate, near_chance
 from dfkd.modules import ClassifierModule, freeze
 from dfkd.report import normalization_warning
+from dfkd.rundir import TEACHER_CHECKPOINTS
 from dfkd.trainer import device_of, make_trainer
 
 log = logging.getLogger(__name__)
@@ -175,11 +179,17 @@ def train_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trai
                               label_smoothing=cfg.label_smoothing, warmup_fraction=cfg.warmup_fraction,
                               channels_last=trainer.channels_last)
     curve = cfg.get("val_every_n_epochs")  # a validation-split curve (test without one); nothing is selected on it
-    fit = make_trainer(trainer, "teacher", max_epochs=cfg.epochs, logger=False, enable_checkpointing=False,
-                       default_root_dir=str(run_dir), gradient_clip_val=cfg.gradient_clip_val,
-                       num_sanity_val_steps=0, check_val_every_n_epoch=curve or 1,
-                       limit_val_batches=1.0 if curve else 0)
-    fit.fit(module, datamodule=data)
+    # every epoch's end is kept, so that resume= of an interrupted run goes on from there (a run
+    # folder that holds such a checkpoint is only ever entered again by resume=)
+    saved = Path(run_dir) / TEACHER_CHECKPOINTS
+    last = saved / "last.ckpt"
+    fit = make_trainer(trainer, "teacher", max_epochs=cfg.epochs, logger=False, default_root_dir=str(run_dir),
+                       callbacks=[ModelCheckpoint(dirpath=saved, save_last=True)],
+                       gradient_clip_val=cfg.gradient_clip_val, num_sanity_val_steps=0,
+                       check_val_every_n_epoch=curve or 1, limit_val_batches=1.0 if curve else 0)
+    if last.is_file():
+        log.info("Teacher training goes on from %s (the epochs it had finished).", last)
+    fit.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
     return model
 
 
@@ -273,6 +283,7 @@ def _train_and_cache(model: nn.Module, cfg: DictConfig, data: ImageDataModule, t
     if weak:
         kept = run_dir / "teacher_rejected.pt"  # a teacher at chance is never cached
         torch.save(teacher.state_dict(), kept)
+        _drop_training_checkpoints(run_dir)  # its weights are kept; other settings train another
         raise DfkdError(
             f"The teacher trained to {weak}: it was not cached (its weights are in {kept}). Lower "
             f"teacher.optimizer.lr (now {cfg.optimizer.get('lr')}), train longer (teacher.epochs={cfg.epochs}), "
@@ -285,10 +296,18 @@ def _train_and_cache(model: nn.Module, cfg: DictConfig, data: ImageDataModule, t
         torch.save(teacher.state_dict(), kept)
         log.warning("The teacher could not be cached in %s (%s); it is kept in %s: reuse it with "
                     "teacher.checkpoint=%s", cache.parent, err, kept, kept)
+        _drop_training_checkpoints(run_dir)
         return teacher, {"source": str(kept), "cached": False, **known}
+    _drop_training_checkpoints(run_dir)
     log.info("Teacher trained in %.0f s: test accuracy %.2f%%; cached at %s", known["train_seconds"],
              100 * known["acc"], cache)
     return teacher, {"source": str(cache), "cached": False, **known}
+
+
+def _drop_training_checkpoints(run_dir: Path) -> None:
+    """The teacher's weights are kept (cache, or run folder): its training checkpoints have served."""
+    if rank_zero_only.rank == 0:
+        shutil.rmtree(Path(run_dir) / TEACHER_CHECKPOINTS, ignore_errors=True)
 
 
 def _check_writable(folder: Path) -> None:

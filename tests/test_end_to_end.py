@@ -195,7 +195,9 @@ def test_an_interrupted_run_resumes_with_one_command(tmp_path, cache_dir):
     assert nowhere.returncode == 2 and "not the folder of a dfkd run" in nowhere.stderr
 
 
-def test_a_run_interrupted_while_its_teacher_trains_says_the_teacher_starts_again(tmp_path):
+def test_a_run_interrupted_while_its_teacher_trains_goes_on_from_the_teachers_last_epoch(tmp_path):
+    """Hours of teacher training are not lost to a Ctrl-C or a killed job: resume= goes on from
+    the last epoch the teacher finished, and the checkpoints go once the teacher is cached."""
     import signal
     import time
 
@@ -203,14 +205,25 @@ def test_a_run_interrupted_while_its_teacher_trains_says_the_teacher_starts_agai
     folder = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "dfkd.run", *FAST, "teacher.epochs=500", f"hydra.run.dir={folder}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    saved = folder / "teacher_checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and "teacher epoch 1/500" not in (
-            (folder / "run.log").read_text() if (folder / "run.log").is_file() else ""):
-        time.sleep(0.5)
+    while time.monotonic() < deadline and not saved.is_file():
+        time.sleep(0.2)
+    time.sleep(0.5)  # past the atomic write of the first epoch's checkpoint
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]
-    assert f"resume={folder}" in stderr and "the teacher had not finished training" in stderr
+    assert f"resume={folder}" in stderr and "it goes on from its last finished epoch" in stderr
+    epochs_done = torch.load(saved, map_location="cpu", weights_only=False)["epoch"] + 1
+    assert 1 <= epochs_done < 500
+    resumed = subprocess.run([sys.executable, "-m", "dfkd.run", f"resume={folder}", f"teacher.epochs={epochs_done + 2}"],
+                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = (folder / "run.log").read_text()
+    assert "Teacher training goes on from" in log
+    assert f"teacher epoch {epochs_done + 1}/{epochs_done + 2}" in log and "teacher epoch 1/" not in log.split(
+        "Teacher training goes on from")[1]
+    assert (folder / "results.json").is_file() and not (folder / "teacher_checkpoints").exists()
 
 
 def test_teacher_training_logs_every_epoch_without_a_progress_bar(make_cfg, tmp_path, caplog):
