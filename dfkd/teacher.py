@@ -166,8 +166,9 @@ def _source_digest(path: str) -> str | None:
 
 
 def train_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trainer: DictConfig,
-                  run_dir: Path) -> nn.Module:
-    """``cfg`` is conf/teacher, ``trainer`` conf/trainer."""
+                  run_dir: Path, key: str = "") -> nn.Module:
+    """``cfg`` is conf/teacher, ``trainer`` conf/trainer; ``key`` names the teacher (its cache
+    file's name): training goes on from the run folder's checkpoint only of that very teacher."""
     check(len(data.train_set) >= data.batch_size,
           f"data={data.name} has {len(data.train_set)} training images, fewer than data.batch_size="
           f"{data.batch_size}: the teacher would train on no batch at all (the last, incomplete batch "
@@ -179,16 +180,25 @@ def train_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trai
                               label_smoothing=cfg.label_smoothing, warmup_fraction=cfg.warmup_fraction,
                               channels_last=trainer.channels_last)
     curve = cfg.get("val_every_n_epochs")  # a validation-split curve (test without one); nothing is selected on it
-    # every epoch's end is kept, so that resume= of an interrupted run goes on from there (a run
-    # folder that holds such a checkpoint is only ever entered again by resume=)
+    # every epoch's end is kept (one file), so that resume= of an interrupted run goes on from there
+    # (a run folder that holds such a checkpoint is only ever entered again by resume=)
     saved = Path(run_dir) / TEACHER_CHECKPOINTS
-    last = saved / "last.ckpt"
+    last, named = saved / "epochs" / "last.ckpt", saved / "teacher"  # Lightning's folder, and which teacher
+    if last.is_file():
+        was = named.read_text().strip() if named.is_file() else "unknown"
+        check(was == key, f"{saved} holds the training of another teacher ({was}) than these settings give "
+              f"({key}): teacher.*, model.*, data.* and the trainer's hardware must be those the run started "
+              f"with to go on with it. Resume with them, or delete that folder (rm -r {saved}) to train this "
+              f"teacher from the start.")
+        log.info("Teacher training goes on from %s (the epochs it had finished).", last)
+    elif rank_zero_only.rank == 0:
+        saved.mkdir(parents=True, exist_ok=True)
+        named.write_text(key)
     fit = make_trainer(trainer, "teacher", max_epochs=cfg.epochs, logger=False, default_root_dir=str(run_dir),
-                       callbacks=[ModelCheckpoint(dirpath=saved, save_last=True)],
+                       callbacks=[ModelCheckpoint(dirpath=last.parent, filename="last", enable_version_counter=False,
+                                                  save_on_train_epoch_end=True)],
                        gradient_clip_val=cfg.gradient_clip_val, num_sanity_val_steps=0,
                        check_val_every_n_epoch=curve or 1, limit_val_batches=1.0 if curve else 0)
-    if last.is_file():
-        log.info("Teacher training goes on from %s (the epochs it had finished).", last)
     fit.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
     return model
 
@@ -208,6 +218,13 @@ def obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tra
     cached); returns the frozen teacher and what is known of it: where it came from and its test
     accuracy (kept beside a cached teacher, so a cached teacher is not evaluated again;
     ``evaluate_it=False``, strict data-free mode: a checkpoint is not evaluated)."""
+    found = _obtain_teacher(model, cfg, data, trainer, cache, Path(run_dir), evaluate_it)
+    _drop_training_checkpoints(run_dir, cache.name)  # the teacher they trained is known now, whatever the source
+    return found
+
+
+def _obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trainer: DictConfig,
+                    cache: Path, run_dir: Path, evaluate_it: bool) -> tuple[nn.Module, dict]:
     start = time.perf_counter()
     device, nhwc = device_of(trainer), trainer.channels_last
     if cfg.checkpoint:
@@ -275,7 +292,7 @@ def _train_and_cache(model: nn.Module, cfg: DictConfig, data: ImageDataModule, t
     its accuracy (kept in the run folder if the cache cannot be written)."""
     start = time.perf_counter()
     _check_writable(cache.parent)  # before hours of training, not after
-    train_teacher(model, cfg, data, trainer, run_dir)
+    train_teacher(model, cfg, data, trainer, run_dir, key=cache.name)
     teacher = freeze(model)
     known = {**scores(teacher, data, device_of(trainer), trainer.channels_last),
              "train_seconds": time.perf_counter() - start}
@@ -283,7 +300,7 @@ def _train_and_cache(model: nn.Module, cfg: DictConfig, data: ImageDataModule, t
     if weak:
         kept = run_dir / "teacher_rejected.pt"  # a teacher at chance is never cached
         torch.save(teacher.state_dict(), kept)
-        _drop_training_checkpoints(run_dir)  # its weights are kept; other settings train another
+        _drop_training_checkpoints(run_dir, cache.name)  # its weights are kept; other settings train another
         raise DfkdError(
             f"The teacher trained to {weak}: it was not cached (its weights are in {kept}). Lower "
             f"teacher.optimizer.lr (now {cfg.optimizer.get('lr')}), train longer (teacher.epochs={cfg.epochs}), "
@@ -296,18 +313,19 @@ def _train_and_cache(model: nn.Module, cfg: DictConfig, data: ImageDataModule, t
         torch.save(teacher.state_dict(), kept)
         log.warning("The teacher could not be cached in %s (%s); it is kept in %s: reuse it with "
                     "teacher.checkpoint=%s", cache.parent, err, kept, kept)
-        _drop_training_checkpoints(run_dir)
         return teacher, {"source": str(kept), "cached": False, **known}
-    _drop_training_checkpoints(run_dir)
     log.info("Teacher trained in %.0f s: test accuracy %.2f%%; cached at %s", known["train_seconds"],
              100 * known["acc"], cache)
     return teacher, {"source": str(cache), "cached": False, **known}
 
 
-def _drop_training_checkpoints(run_dir: Path) -> None:
-    """The teacher's weights are kept (cache, or run folder): its training checkpoints have served."""
-    if rank_zero_only.rank == 0:
-        shutil.rmtree(Path(run_dir) / TEACHER_CHECKPOINTS, ignore_errors=True)
+def _drop_training_checkpoints(run_dir: Path, key: str) -> None:
+    """The teacher ``key`` names is kept (cache, or run folder): its training checkpoints have
+    served. Those of another teacher stay (a resume with its own settings goes on with them)."""
+    saved = Path(run_dir) / TEACHER_CHECKPOINTS
+    named = saved / "teacher"
+    if rank_zero_only.rank == 0 and named.is_file() and named.read_text().strip() == key:
+        shutil.rmtree(saved, ignore_errors=True)
 
 
 def _check_writable(folder: Path) -> None:

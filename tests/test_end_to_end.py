@@ -197,32 +197,38 @@ def test_an_interrupted_run_resumes_with_one_command(tmp_path, cache_dir):
 
 def test_a_run_interrupted_while_its_teacher_trains_goes_on_from_the_teachers_last_epoch(tmp_path):
     """Hours of teacher training are not lost to a Ctrl-C or a killed job: resume= goes on from
-    the last epoch the teacher finished, and the checkpoints go once the teacher is cached."""
+    the last epoch the teacher finished (never with a teacher of other settings), and the
+    checkpoint goes once the teacher is cached."""
     import signal
     import time
 
     env = {**os.environ, "DFKD_CACHE_DIR": str(tmp_path / "cache")}
     folder = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "dfkd.run", *FAST, "teacher.epochs=500", f"hydra.run.dir={folder}"],
+    proc = subprocess.Popen([sys.executable, "-m", "dfkd.run", *FAST, "teacher.epochs=100", f"hydra.run.dir={folder}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    saved = folder / "teacher_checkpoints" / "last.ckpt"
+    saved = folder / "teacher_checkpoints" / "epochs" / "last.ckpt"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not saved.is_file():
-        time.sleep(0.2)
-    time.sleep(0.5)  # past the atomic write of the first epoch's checkpoint
+        time.sleep(0.1)
+    assert saved.is_file(), "no teacher checkpoint within 120 s"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]
     assert f"resume={folder}" in stderr and "it goes on from its last finished epoch" in stderr
     epochs_done = torch.load(saved, map_location="cpu", weights_only=False)["epoch"] + 1
-    assert 1 <= epochs_done < 500
-    resumed = subprocess.run([sys.executable, "-m", "dfkd.run", f"resume={folder}", f"teacher.epochs={epochs_done + 2}"],
-                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert 1 <= epochs_done < 100 and [p.name for p in saved.parent.iterdir()] == ["last.ckpt"]  # one file
+
+    def resume(*extra):
+        return subprocess.run([sys.executable, "-m", "dfkd.run", f"resume={folder}", *extra], capture_output=True,
+                              text=True, env=env, cwd=ROOT, timeout=600)
+
+    other = resume("teacher.optimizer.lr=0.01")  # another teacher: refused, the checkpoint kept
+    assert other.returncode == 2 and "holds the training of another teacher" in other.stderr, other.stderr[-3000:]
+    assert saved.is_file()
+    resumed = resume()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    log = (folder / "run.log").read_text()
-    assert "Teacher training goes on from" in log
-    assert f"teacher epoch {epochs_done + 1}/{epochs_done + 2}" in log and "teacher epoch 1/" not in log.split(
-        "Teacher training goes on from")[1]
+    log = (folder / "run.log").read_text().split("Teacher training goes on from")[-1]
+    assert f"teacher epoch {epochs_done + 1}/100" in log and "teacher epoch 1/100" not in log
     assert (folder / "results.json").is_file() and not (folder / "teacher_checkpoints").exists()
 
 
