@@ -29,7 +29,7 @@ from dfkd.errors import DfkdError, check, first_line
 from dfkd.evaluate import Judge, held_out_dreams
 from dfkd.recovery import SyntheticKD
 from dfkd.synthesis import dream, make_synthesizer
-from dfkd.teacher import build_model, cache_file, check_fits, obtain_teacher, write_atomically
+from dfkd.teacher import build_model, cache_file, check_fits, obtain_teacher, training_checkpoint, write_atomically
 
 log = logging.getLogger("dfkd")
 
@@ -312,7 +312,7 @@ def main(cfg: DictConfig) -> float | None:
         folder, out = run_folder(cfg), Path(cfg.paths.output_dir)
         training = not (cfg.teacher.checkpoint or (out / rundir.TEACHER_RECORD).is_file()
                         or cache_file(cfg.paths.cache_dir, cfg.model, cfg.data, cfg.teacher, cfg.trainer).is_file())
-        saved = (out / rundir.TEACHER_CHECKPOINTS / "epochs" / "last.ckpt").is_file()
+        saved = training_checkpoint(out)[1].is_file()
         unfinished = "" if not training else (
             " (the teacher had not finished training: it goes on from its last finished epoch)" if saved else
             " (the teacher had not finished its first epoch: it trains again from the start)")

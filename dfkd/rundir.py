@@ -102,7 +102,8 @@ def _one_of_many(argv: list[str]) -> bool:
     (into rank 0's run folder), or one of many processes started together."""
     if any(a.startswith("hydra.job.name=train_ddp_process_") for a in argv):
         return True
-    return any(os.environ.get(k, "1").isdigit() and int(os.environ.get(k, "1")) > 1 for k in JOB_SIZE_VARIABLES)
+    sizes = (os.environ.get(k, "1") for k in JOB_SIZE_VARIABLES)
+    return any(size.isdigit() and int(size) > 1 for size in sizes)
 
 
 def holds_run(folder: Path) -> str | None:

@@ -165,6 +165,13 @@ def _source_digest(path: str) -> str | None:
         return None
 
 
+def training_checkpoint(run_dir: Path) -> tuple[Path, Path, Path]:
+    """Where a teacher training in ``run_dir`` keeps its state: the folder, the last finished
+    epoch's Lightning checkpoint, and the file that names which teacher it trains."""
+    saved = Path(run_dir) / TEACHER_CHECKPOINTS
+    return saved, saved / "epochs" / "last.ckpt", saved / "teacher"
+
+
 def train_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trainer: DictConfig,
                   run_dir: Path, key: str = "") -> nn.Module:
     """``cfg`` is conf/teacher, ``trainer`` conf/trainer; ``key`` names the teacher (its cache
@@ -182,8 +189,7 @@ def train_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, trai
     curve = cfg.get("val_every_n_epochs")  # a validation-split curve (test without one); nothing is selected on it
     # every epoch's end is kept (one file), so that resume= of an interrupted run goes on from there
     # (a run folder that holds such a checkpoint is only ever entered again by resume=)
-    saved = Path(run_dir) / TEACHER_CHECKPOINTS
-    last, named = saved / "epochs" / "last.ckpt", saved / "teacher"  # Lightning's folder, and which teacher
+    saved, last, named = training_checkpoint(run_dir)
     if last.is_file():
         was = named.read_text().strip() if named.is_file() else "unknown"
         check(was == key, f"{saved} holds the training of another teacher ({was}) than these settings give "
@@ -322,8 +328,7 @@ def _train_and_cache(model: nn.Module, cfg: DictConfig, data: ImageDataModule, t
 def _drop_training_checkpoints(run_dir: Path, key: str) -> None:
     """The teacher ``key`` names is kept (cache, or run folder): its training checkpoints have
     served. Those of another teacher stay (a resume with its own settings goes on with them)."""
-    saved = Path(run_dir) / TEACHER_CHECKPOINTS
-    named = saved / "teacher"
+    saved, _, named = training_checkpoint(run_dir)
     if rank_zero_only.rank == 0 and named.is_file() and named.read_text().strip() == key:
         shutil.rmtree(saved, ignore_errors=True)
 

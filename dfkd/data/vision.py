@@ -49,9 +49,13 @@ class _VisionDataModule(ImageDataModule):
         known = CIFAR_STATS.get(name)
         # without data.mean and data.std (and not CIFAR): 0.5 per channel, a guess that strict
         # data-free mode refuses and a loaded teacher is warned about
-        given = mean is not None or std is not None
-        self.normalization = "given" if given or known else "guessed"
-        self.set_normalization(*((mean, std) if given else known or ((0.5,) * in_channels,) * 2))
+        if mean is not None or std is not None:
+            self.set_normalization(mean, std)  # refused unless both are given
+        elif known:
+            self.set_normalization(*known)
+        else:
+            self.normalization = "guessed"
+            self.set_normalization((0.5,) * in_channels, (0.5,) * in_channels)
         self.train_subset = train_subset
 
     def _subset(self, size: int) -> list[int] | None:
