@@ -35,8 +35,9 @@ def file_sizes(model: nn.Module) -> dict:
 
 
 def latency_ms(models: list[nn.Module], x: torch.Tensor, min_runs: int = 7, max_runs: int = 50,
-               min_seconds: float = 1.0, max_seconds: float = 10.0) -> list[float]:
-    """Median wall time of one forward pass of each model, in milliseconds. The models take turns
+               min_seconds: float = 1.0, max_seconds: float = 10.0) -> tuple[list[float], int]:
+    """Median wall time of one forward pass of each model, in milliseconds, and the number of
+    timed passes each it rests on. The models take turns
     (after two warm-up passes each), so that a drift of the machine (clock, caches, other load)
     falls on all of them alike: at least ``min_runs`` turns and ``min_seconds``, at most
     ``max_runs`` turns or ``max_seconds`` (which may leave fewer than ``min_runs`` turns)."""
@@ -53,7 +54,7 @@ def latency_ms(models: list[nn.Module], x: torch.Tensor, min_runs: int = 7, max_
             total = sum(map(sum, times))
             if (len(times[0]) >= min_runs and total >= min_seconds) or total >= max_seconds:
                 break
-    return [1000 * statistics.median(t) for t in times]
+    return [1000 * statistics.median(t) for t in times], len(times[0])
 
 
 class Deployment:
@@ -93,7 +94,8 @@ class Deployment:
                 generator = torch.Generator().manual_seed(0)
                 for b in self.batch_sizes:
                     x = torch.randn(b, *image_shape, generator=generator).contiguous(memory_format=layout)
-                    times = latency_ms(models, x)
+                    times, runs = latency_ms(models, x)
+                    found.setdefault("latency_runs", {})[str(b)] = runs  # timed passes per median
                     for who, ms in zip(("teacher", "student"), times):
                         found[who].setdefault("latency_ms", {})[str(b)] = ms
             finally:

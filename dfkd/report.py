@@ -38,6 +38,23 @@ def normalization_warning(unset: dict) -> str:
             f"here is too low. Set them (data.mean=[...] data.std=[...]).")
 
 
+# The mean over a teacher's BatchNorm layers of the normalized distance (synthesis.bn_stats) between
+# the statistics of the real images it is judged on and its running statistics. The CIFAR-10 teacher
+# on its own test split: 0.30; normalized with 0.5 instead of CIFAR's statistics: 0.64 (10.7 points
+# lower accuracy); images at 48 pixels instead of 32: 0.61 (34 points lower); digits: 0.02
+# (experiments/README.md, "teacher_bn_fit").
+BN_FIT_WARNING = 0.5
+
+
+def bn_fit_warning(fit: float) -> str:
+    """What a teacher of one's own whose BN statistics do not fit the real images risks."""
+    return (f"The teacher from teacher.checkpoint sees the real images with BatchNorm statistics far from those "
+            f"it was trained on (mean normalized distance {fit:.2f}, above {BN_FIT_WARNING}; dfkd's CIFAR-10 teacher "
+            f"scores 0.30 on its own test images): the images may be normalized (data.mean, data.std) or sized "
+            f"(data.image_size) otherwise than in its training, which lowers every figure here, and the dreams "
+            f"follow these statistics. Check those settings.")
+
+
 def warnings(results: dict, num_classes: int) -> list[str]:
     """What makes a run's figures bad, in words: said loudly in the log, the table and
     results.json, never written down as an ordinary result."""
@@ -48,6 +65,8 @@ def warnings(results: dict, num_classes: int) -> list[str]:
     teacher, pruned, recovered = results["teacher"], results["pruned"], results["recovered"]
     if teacher.get("normalization_unset"):
         found.append(normalization_warning(teacher["normalization_unset"]))
+    if teacher.get("bn_fit", 0.0) > BN_FIT_WARNING:
+        found.append(bn_fit_warning(teacher["bn_fit"]))
     syn = results.get("synthesis") or {}
     if "acc" not in recovered:  # strict data-free mode: judged on held-out dreams
         if results["config"].get("recovery") != "none" and recovered["dream_agreement"] < 0.5:

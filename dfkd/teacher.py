@@ -27,8 +27,9 @@ from dfkd.data import ImageDataModule
 from dfkd.errors import DfkdError, check, first_line
 from dfkd.evaluate import evaluate, near_chance
 from dfkd.modules import ClassifierModule, freeze
-from dfkd.report import normalization_warning
+from dfkd.report import BN_FIT_WARNING, bn_fit_warning, normalization_warning
 from dfkd.rundir import TEACHER_CHECKPOINTS
+from dfkd.synthesis.bn_stats import input_statistics
 from dfkd.trainer import device_of, make_trainer
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,13 @@ def _obtain_teacher(model: nn.Module, cfg: DictConfig, data: ImageDataModule, tr
         if not evaluate_it:
             log.info("Teacher from teacher.checkpoint=%s (not evaluated: strict data-free mode)", cfg.checkpoint)
             return teacher.to(device), {"source": str(cfg.checkpoint)}
-        info = {"source": str(cfg.checkpoint), **scores(teacher, data, device, nhwc)}
+        with input_statistics(teacher) as fit:
+            info = {"source": str(cfg.checkpoint), **scores(teacher, data, device, nhwc)}
+        distances = fit()  # how far the real images' BN statistics are from those it was trained on
+        if distances:
+            info["bn_fit"] = sum(distances) / len(distances)
+            if info["bn_fit"] > BN_FIT_WARNING:
+                log.warning(bn_fit_warning(info["bn_fit"]))
         # a teacher dfkd trained (its facts beside it: the cache, or a run's own record on resume) saw
         # these very images; one of the user's own may have been trained with other statistics
         if data.normalization == "guessed" and not _trained_by_dfkd(Path(cfg.checkpoint)):

@@ -8,7 +8,7 @@ from torch import nn
 from dfkd.errors import DfkdError
 from dfkd.models import DigitsCNN, batchnorm_layers
 from dfkd.synthesis import DeepInversion, FastSynthesizer, Noise, bn_statistics
-from dfkd.synthesis.bn_stats import bn_loss, updated_history
+from dfkd.synthesis.bn_stats import bn_loss, input_statistics, updated_history
 from dfkd.synthesis.fast import Generator
 
 
@@ -411,3 +411,22 @@ def test_diversity_memory_keeps_the_newest_dreams_and_travels_with_a_checkpoint(
     headless = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     with pytest.raises(DfkdError, match=r"diversity_weight=0"):
         _synth(headless, data, diversity_weight=1.0)
+
+
+def test_input_statistics_pool_every_batch_and_grow_off_the_running_statistics():
+    """A teacher's fit to real images (results.json's teacher.bn_fit): about zero for inputs drawn
+    from its running statistics, however they are batched; large for inputs scaled otherwise."""
+    bn = nn.BatchNorm2d(3).eval()
+    bn.running_mean.copy_(torch.tensor([0.0, 1.0, -2.0]))
+    bn.running_var.copy_(torch.tensor([1.0, 4.0, 0.25]))
+    torch.manual_seed(0)
+    x = torch.randn(4096, 3, 2, 2) * bn.running_var.sqrt().view(1, 3, 1, 1) + bn.running_mean.view(1, 3, 1, 1)
+    model = nn.Sequential(bn)
+    with input_statistics(model) as fit:
+        for batch in x[x[:, 0, 0, 0].argsort()].split(512):  # sorted: each batch alone is far off
+            model(batch)
+    assert len(fit()) == 1 and fit()[0] < 0.05
+    with input_statistics(model) as fit:
+        model(0.5 * x)  # another normalization
+    assert fit()[0] > 0.5
+    assert not bn._forward_hooks  # removed on exit

@@ -39,6 +39,7 @@ def test_figures_tell_structured_from_unstructured_pruning(tmp_path):
 def test_latency_is_measured_at_each_batch_size_with_the_threads_stated(tmp_path):
     found = Deployment(batch_sizes=[1, 4], threads=1, export=False, onnx=False)(_model(), _model(), (1, 8, 8), tmp_path)
     assert found["threads"] == 1 and set(found["speedup"]) == {"1", "4"}
+    assert all(runs >= 7 for runs in found["latency_runs"].values())  # the medians say what they rest on
     assert found["memory_format"] == "channels_last"
     for who in ("teacher", "student"):
         assert all(0 < ms < 1000 for ms in found[who]["latency_ms"].values())
@@ -94,8 +95,8 @@ def test_latency_stops_at_max_seconds_even_before_min_runs():
 
     from dfkd.deploy import latency_ms
 
-    latency_ms([Slow()], torch.zeros(1), min_runs=7, max_seconds=0.0)
-    assert len(calls) == 2 + 1  # two warm-up passes, then one timed turn: past max_seconds
+    _, runs = latency_ms([Slow()], torch.zeros(1), min_runs=7, max_seconds=0.0)
+    assert len(calls) == 2 + 1 and runs == 1  # two warm-up passes, then one timed turn: past max_seconds
 
 
 @pytest.mark.parametrize("setting", ["deploy.batch_sizes=[0]", "deploy.threads=0"])

@@ -170,6 +170,26 @@ def test_a_loaded_teacher_near_chance_is_refused_naming_the_input_settings(make_
     assert any("near chance" in w for w in results["warnings"])
 
 
+def test_a_loaded_teacher_whose_batchnorm_statistics_do_not_fit_the_images_is_warned(make_cfg, digits_teacher,
+                                                                                     tmp_path):
+    """A teacher of one's own judged on images normalized otherwise than in its training, but not
+    so far off as to be near chance: its BN layers say so, in the results' warnings."""
+    import torch
+
+    teacher, _ = digits_teacher
+    checkpoint = tmp_path / "mine.pt"  # no facts file beside it: a teacher of the user's own
+    torch.save(teacher.state_dict(), checkpoint)
+    quick = [f"teacher.checkpoint={checkpoint}", "recovery=none", "pruning.ratio=0.1"]
+    right = run(make_cfg(*quick))
+    assert right["teacher"]["bn_fit"] < 0.1 and right["teacher"]["acc"] > 0.9
+    assert not any("BatchNorm statistics" in w for w in right["warnings"])
+    # digits' own normalization, measured on its train split, is mean 0.31 and std 0.38
+    wrong = run(make_cfg(*quick, "data.mean=[0.2]", "data.std=[0.3]"))
+    assert wrong["teacher"]["bn_fit"] > 0.5 and wrong["teacher"]["acc"] > 0.5  # not refused, only warned
+    assert any("BatchNorm statistics far from" in w and "data.mean" in w and "data.image_size" in w
+               for w in wrong["warnings"])
+
+
 def test_a_run_folder_that_holds_a_run_is_refused_not_overwritten(tmp_path):
     folder = tmp_path / "run"
     (folder / ".hydra").mkdir(parents=True)

@@ -19,7 +19,7 @@ statistics, so one batch may leave part of the distribution to the others.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -35,6 +35,12 @@ def rms(x: torch.Tensor) -> torch.Tensor:
 
 def moving_average(old: torch.Tensor, new: torch.Tensor, momentum: float) -> torch.Tensor:
     return momentum * old + (1 - momentum) * new
+
+
+def normalized_distance(mean: torch.Tensor, var: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    """The ``normalized`` distance of per-channel statistics (mean, var) from ``bn``'s running ones."""
+    scale = bn.running_var.float() + bn.eps
+    return rms((mean - bn.running_mean.float()) / scale.sqrt()) + rms((var - bn.running_var.float()) / scale)
 
 
 class BNStatsHook:
@@ -64,8 +70,7 @@ class BNStatsHook:
             self.loss = (torch.linalg.vector_norm(mean - running_mean)
                          + torch.linalg.vector_norm(var - running_var))
         else:
-            scale = running_var + module.eps
-            self.loss = rms((mean - running_mean) / scale.sqrt()) + rms((var - running_var) / scale)
+            self.loss = normalized_distance(mean, var, module)
 
     def remove(self) -> None:
         self.handle.remove()
@@ -84,6 +89,42 @@ def bn_statistics(model: nn.Module, distance: str = "normalized", history: list 
     finally:
         for hook in hooks:
             hook.remove()
+
+
+@contextlib.contextmanager
+def input_statistics(model: nn.Module) -> Iterator[Callable[[], list[float]]]:
+    """Every BatchNorm layer's input statistics over all the forward passes inside the block (all
+    the batches together, not each alone); yields a function that gives, per layer, their
+    ``normalized`` distance from the layer's running statistics (empty without BatchNorm). On real
+    images of the training distribution it is small; normalized or sized otherwise, it grows."""
+    layers = batchnorm_layers(model)
+    sums = [[0, 0.0, 0.0] for _ in layers]
+
+    def hook(index: int):
+        def add(module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+            x = inputs[0].double()
+            dims = [0, *range(2, x.dim())]
+            count = x.numel() // x.shape[1]
+            sums[index][0] += count
+            sums[index][1] = sums[index][1] + x.sum(dims)
+            sums[index][2] = sums[index][2] + x.square().sum(dims)
+        return add
+
+    def distances() -> list[float]:
+        found = []
+        for (count, total, squares), bn in zip(sums, layers):
+            if count:
+                mean = total / count
+                var = squares / count - mean.square()
+                found.append(normalized_distance(mean.float(), var.float(), bn).item())
+        return found
+
+    handles = [bn.register_forward_hook(hook(i)) for i, bn in enumerate(layers)]
+    try:
+        yield distances
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def bn_loss(hooks: list[BNStatsHook], first_multiplier: float = 1.0) -> torch.Tensor:
