@@ -102,7 +102,7 @@ def input_statistics(model: nn.Module) -> Iterator[Callable[[], list[float]]]:
 
     def hook(index: int):
         def add(module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
-            x = inputs[0].double()
+            x = inputs[0].to(torch.float32 if inputs[0].device.type == "mps" else torch.float64)  # MPS has no fp64
             dims = [0, *range(2, x.dim())]
             count = x.numel() // x.shape[1]
             sums[index][0] += count
