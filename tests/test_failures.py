@@ -65,7 +65,10 @@ def test_an_exploding_recovery_is_refused_or_reported_loudly(make_cfg, lr):
 
 
 def test_dreams_the_teacher_does_not_recognize_are_reported_loudly(make_cfg):
-    results = run(make_cfg("synthesis.synthesizer.lr_generator=1e6", "recovery.steps=20"))
+    # no class term: the dreams follow the BN statistics alone, recognized as their target at about
+    # chance (0.12 here). (A generator blown up by lr_generator=1e6, the earlier way, is chaotic: its
+    # dreams were now and then recognized, and the test failed once in a full run.)
+    results = run(make_cfg("synthesis.synthesizer.ce_weight=0", "recovery.steps=20"))
     assert any("recognizes only" in w for w in results["warnings"]), results["synthesis"]
 
 
