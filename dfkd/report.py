@@ -209,14 +209,52 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, var ** 0.5
 
 
+# Settings that do not make runs different configurations: the seed (rows average over it), where
+# the run wrote, how it logged.
+NOT_A_SETTING = ("seed", "resume", "task_name")
+NOT_A_SETTING_PREFIXES = ("paths.", "logger.", "trainer.enable_progress_bar")
+
+
+def _settings(run: dict) -> dict[str, str]:
+    """Every setting of a run (its .hydra/config.yaml, flattened) but those in NOT_A_SETTING*;
+    empty when the run folder has no readable config."""
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(Path(run["path"]) / ".hydra" / "config.yaml"))
+    except Exception:  # noqa: BLE001 - a copied results.json without its config: grouped by the table's columns
+        return {}
+    named = {key.replace("/", "."): str(value) for key, value in flatten(cfg).items()}  # as on the command line
+    return {k: v for k, v in named.items() if k not in NOT_A_SETTING and not k.startswith(NOT_A_SETTING_PREFIXES)}
+
+
+def _split_by_settings(members: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Runs that share the table's columns, split further by every other setting in which they
+    differ (a swept learning rate, a BN weight...), each part labelled with those settings."""
+    found = [_settings(m) for m in members]
+    keys = sorted({k for f in found for k in f})
+    differing = [k for k in keys if len({f.get(k) for f in found}) > 1]
+    parts: dict[str, list[dict]] = {}
+    for member, settings in zip(members, found):
+        label = " ".join(f"{k}={settings.get(k, '-')}" for k in differing)
+        parts.setdefault(label, []).append(member)
+    return sorted(parts.items())
+
+
 def summarize(runs: list[dict]) -> list[dict]:
-    """One row per configuration: mean and sample standard deviation over its seeds."""
+    """One row per configuration: mean and sample standard deviation over its seeds. Runs that
+    differ in a setting without a column of its own are rows of their own, the setting named
+    (``settings``), never averaged together as if they were seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault(tuple(r["config"].get(k) for k in GROUP_KEYS), []).append(r)
+    configurations = [(key, settings, members)
+                      for key, group in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0]))
+                      for settings, members in _split_by_settings(group)]
     rows = []
-    for key, members in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
+    for key, settings, members in configurations:
         row = dict(zip(GROUP_KEYS, key))
+        row["settings"] = settings
         row["seeds"] = sorted(m["config"].get("seed") for m in members)
         for stage in ("teacher", "pruned", "recovered"):
             row[stage] = _mean_std([m[stage]["acc"] for m in members])
@@ -253,8 +291,11 @@ def deployment_row(members: list[dict]) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
+    single = False  # one run in the row: its figure, with no spread
+
     def pm(pair, scale=100.0, digits=2):
-        return f"{scale * pair[0]:.{digits}f} ± {scale * pair[1]:.{digits}f}"
+        spread = "" if single else f" ± {scale * pair[1]:.{digits}f}"
+        return f"{scale * pair[0]:.{digits}f}{spread}"
 
     def maybe(pair, scale=100.0, digits=2):
         return "-" if pair is None else pm(pair, scale, digits)
@@ -267,16 +308,20 @@ def markdown(rows: list[dict]) -> str:
             return "-"
         return f"{r['latency_ms']:.2f} / {r['teacher_latency_ms']:.2f} ({r['latency_batch']})"
 
-    lines = ["| model | data | sparsity | method | synthesis | steps x batch | seeds | teacher % | "
+    settings = any(r.get("settings") for r in rows)  # a column only where runs differ in other settings
+    lines = ["| model | data | pruning.ratio | method | synthesis | steps x batch | " + ("settings | " if settings else "")
+             + "seeds | teacher % | "
              "pruned % | recovered % | recovered / teacher % | teacher, validation % | recovered, validation % | "
              "dreams' target agreement | FLOPs / teacher | zipped size / teacher | CPU ms (batch) student / teacher | "
              "recover s | total s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---" * (19 + settings) + "|"]
     for r in rows:
+        single = len(r["seeds"]) == 1
+        steps = "-" if r["recovery"] == "none" else f"{r['recovery_steps']} x {r['recovery_batch_size']}"
         lines.append(
             f"| {r['model']} | {r['data']} | {r['pruning_ratio']:.2f} {r['pruning_method']} | "
-            f"{r['recovery']} | {r['synthesis'] or '-'} | "
-            f"{r['recovery_steps']} x {r['recovery_batch_size']} | {','.join(map(str, r['seeds']))} | "
+            f"{r['recovery']} | {r['synthesis'] or '-'} | {steps} | " + (f"{r['settings'] or '-'} | " if settings else "")
+            + f"{','.join(map(str, r['seeds']))} | "
             f"{pm(r['teacher'])} | {pm(r['pruned'])} | {pm(r['recovered'])} | "
             f"{pm(r['recovery_pct'], digits=1)} | {maybe(r.get('teacher_val'))} | {maybe(r.get('recovered_val'))} | "
             f"{maybe(r.get('target_acc'), 1, 3)} | {ratio(r.get('flops_ratio'))} | {ratio(r.get('compressed_ratio'))} | "
@@ -307,12 +352,16 @@ def _figure(path: Path, xlabel: str, legend_size=None):
 
 def plot(rows: list[dict], path: Path) -> Path:
     """Recovered accuracy against sparsity, one line per method, error bars over seeds."""
-    with _figure(path, "sparsity (fraction of weights pruned)") as ax:
-        for method in sorted({r["recovery"] for r in rows}):
-            points = sorted((r["pruning_ratio"], *r["recovered"]) for r in rows if r["recovery"] == method)
+    structured = any("structured" in str(r["pruning_method"]) for r in rows)
+    xlabel = ("pruning.ratio (weights pruned; structured: the share of FLOPs or parameters removed)" if structured
+              else "sparsity (fraction of weights pruned)")
+    with _figure(path, xlabel) as ax:
+        for method, settings in sorted({(r["recovery"], r.get("settings", "")) for r in rows}):
+            points = sorted((r["pruning_ratio"], *r["recovered"]) for r in rows
+                            if (r["recovery"], r.get("settings", "")) == (method, settings))
             xs, means, stds = zip(*points)
             ax.errorbar(xs, [100 * m for m in means], yerr=[100 * s for s in stds], marker="o",
-                        capsize=3, label=method)
+                        capsize=3, label=f"{method} {settings}".strip())
         teacher = [100 * r["teacher"][0] for r in rows]
         ax.axhline(sum(teacher) / len(teacher), color="grey", linestyle="--", label="teacher")
     return path
@@ -327,7 +376,7 @@ def plot_latency(rows: list[dict], path: Path) -> Path | None:
     with _figure(path, f"CPU latency at batch {timed[0]['latency_batch']} (ms)", legend_size=7) as ax:
         for r in timed:
             ax.errorbar(r["latency_ms"], 100 * r["recovered"][0], yerr=100 * r["recovered"][1], marker="o",
-                        capsize=3, label=f"{r['pruning_method']} {r['pruning_ratio']:.2f}, {r['recovery']}")
+                        capsize=3, label=f"{r['pruning_method']} {r['pruning_ratio']:.2f}, {r['recovery']} {r.get('settings', '')}".strip())
         ax.scatter([sum(r["teacher_latency_ms"] for r in timed) / len(timed)],
                    [100 * sum(r["teacher"][0] for r in timed) / len(timed)], marker="*", s=150, color="black",
                    label="teacher")
@@ -367,7 +416,8 @@ def write_report(folder: str | Path, wandb_project: str | None = None) -> Path:
     target = folder / "results.md"
     target.write_text(f"# dfkd results: {len(runs)} runs in {folder}\n\n" + markdown(rows))
     plot(rows, folder / "accuracy-vs-sparsity.png")
-    plot_latency(rows, folder / "accuracy-vs-latency.png")
+    if plot_latency(rows, folder / "accuracy-vs-latency.png") is None:
+        (folder / "accuracy-vs-latency.png").unlink(missing_ok=True)  # an earlier report's, for other runs
     if wandb_project:
         log_to_wandb(rows, folder, wandb_project)
     return target
@@ -385,8 +435,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     target = write_report(args.folder, args.wandb)
     print(target.read_text())
-    print(f"Wrote {target}, {target.parent / 'accuracy-vs-sparsity.png'} and (where latency was measured) "
-          f"{target.parent / 'accuracy-vs-latency.png'}")
+    latency = target.parent / "accuracy-vs-latency.png"
+    print(f"Wrote {target} and {target.parent / 'accuracy-vs-sparsity.png'}"
+          + (f" and {latency}" if latency.is_file() else " (no run measured latency: no accuracy-vs-latency.png)"))
 
 
 if __name__ == "__main__":
