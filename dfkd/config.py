@@ -56,6 +56,33 @@ def refuse_missing(cfg: DictConfig) -> None:
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
+def top_level_settings() -> set[str]:
+    """The top-level names a dfkd config may hold: conf/config.yaml's settings and its groups."""
+    base = OmegaConf.load(Path(CONF) / "config.yaml")
+    groups = {next(iter(d)) for d in base.defaults if isinstance(d, DictConfig)}
+    return (set(base) - {"defaults", "hydra"}) | groups
+
+
+def refuse_unknown(cfg: DictConfig) -> None:
+    """A top-level name no group or setting has (``+prunning.ratio=0.5``, which Hydra's own advice
+    for a typo suggests) would be carried along unread: refused, the nearest name given."""
+    import difflib
+
+    known = top_level_settings()
+    for name in sorted(set(cfg) - known):
+        near = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = ""
+        if near:
+            node, path = cfg[name], near[0]
+            while isinstance(node, DictConfig) and len(node) == 1:  # prunning.ratio=0.5 -> pruning.ratio=0.5
+                key = next(iter(node))
+                node, path = node[key], f"{path}.{key}"
+            given = f"{path}={node}" if not isinstance(node, DictConfig) else f"{path}.*"
+            hint = f" Did you mean {near[0]}? Give it without the '+': {given}."
+        raise DfkdError(f"{name} is not a dfkd setting: it would be ignored.{hint} The settings are "
+                        f"{', '.join(sorted(known))}; `python -m dfkd.run --cfg job` prints them all.")
+
+
 def compose_config(overrides: list[str]) -> DictConfig:
     """conf/config.yaml with ``overrides``, composed outside a Hydra run (before one starts: to
     check a sweep's jobs, or a resume's settings). Hydra's own errors propagate."""

@@ -60,8 +60,8 @@ class Recovery:
         # An experiment file sets the pool for whichever method runs; real-data methods have none.
         unknown = sorted(set(synthetic_only) - {"synthesizer", "pool", "image_grid_every_n_steps"})
         check(not unknown, f"recovery.{unknown[0] if unknown else ''} is not a setting of recovery={name}.")
-        check(int(steps) >= 1 and int(batch_size) >= 1,
-              f"recovery.steps={steps} and recovery.batch_size={batch_size} must both be at least 1.")
+        check(all(isinstance(v, int) and v >= 1 for v in (steps, batch_size)),
+              f"recovery.steps={steps} and recovery.batch_size={batch_size} must both be whole numbers, at least 1.")
         check(float(temperature) > 0, f"recovery.temperature={temperature} must be > 0.")
         check_choice("recovery.loss", loss, KD_LOSSES)
         check(0.0 <= float(warmup_fraction) < 1.0,

@@ -232,6 +232,7 @@ def check_settings(cfg: DictConfig):
     the first job starts); returns the data module (not set up), the recovery, the pruner and the
     deployment measurement."""
     refuse_missing(cfg)
+    config.refuse_unknown(cfg)
     check(isinstance(cfg.seed, int), f"seed={cfg.seed!r} must be a whole number (e.g. seed=0).")
     floor = cfg.teacher.get("min_accuracy")
     check(floor is None or (isinstance(floor, (int, float)) and 0 <= floor <= 1),

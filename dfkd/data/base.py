@@ -61,6 +61,8 @@ class ImageDataModule(L.LightningDataModule):
                  split_seed: int = 0) -> None:
         super().__init__()
         check(int(val_size) >= 0, f"data.val_size={val_size} must be 0 (no validation split) or more.")
+        for setting, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            check(isinstance(value, int) and value >= 1, f"data.{setting}={value!r} must be a whole number >= 1.")
         self.name = name
         self.hflip = bool(hflip)
         self.augment, self.crop_padding = bool(augment), int(crop_padding)

@@ -82,6 +82,12 @@ class DeepInversion(Synthesizer):
         self.weights = {"ce": float(ce_weight), "bn": float(bn_weight), "tv_l1": float(tv_l1),
                         "tv_l2": float(tv_l2), "l2": float(l2), "adi": -float(competition_weight),
                         "diversity": float(diversity_weight)}
+        weights = {"ce_weight": ce_weight, "bn_weight": bn_weight, "tv_l1": tv_l1, "tv_l2": tv_l2, "l2": l2,
+                   "competition_weight": competition_weight, "diversity_weight": diversity_weight,
+                   "first_bn_multiplier": first_bn_multiplier}
+        negative = [f"{k}={v}" for k, v in weights.items() if float(v) < 0]
+        check(not negative, f"synthesis.synthesizer.{negative[0] if negative else ''} is negative: a loss weight "
+              f"must be >= 0 (a negative one rewards what the term penalizes; 0 turns the term off).")
         self.first_bn_multiplier = float(first_bn_multiplier)
         self.competition_temperature = float(competition_temperature)
         self.jitter, self.flip = int(jitter), bool(flip)
