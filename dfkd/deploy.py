@@ -145,8 +145,10 @@ def export_onnx(model: nn.Module, image_shape, path: Path, batch: int = 8) -> di
     try:
         import onnxruntime as ort
 
+        # the weights inside the one file (external_data=False; ONNX's protobuf limit is 2 GB), so that
+        # student.onnx runs wherever it is copied, without a student.onnx.data beside it
         torch.onnx.export(model, (example,), str(path), dynamic_shapes=({0: _batch_dim()},), dynamo=True,
-                          verbose=False)
+                          verbose=False, external_data=False)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         x = torch.randn(batch, *image_shape, generator=torch.Generator().manual_seed(1))
         with torch.inference_mode():

@@ -59,6 +59,15 @@ def test_the_exported_student_runs_without_dfkd_and_onnx_runtime_agrees(tmp_path
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "student.pt2"), str(tmp_path / "x.pt"),
                     str(tmp_path / "y.pt")], check=True, cwd=tmp_path)
     assert torch.allclose(torch.load(tmp_path / "y.pt"), expected, atol=1e-5)
+    # student.onnx alone, copied elsewhere, runs: its weights are inside it
+    import onnxruntime as ort
+
+    (tmp_path / "elsewhere").mkdir()
+    alone = tmp_path / "elsewhere" / "student.onnx"
+    alone.write_bytes((tmp_path / "student.onnx").read_bytes())
+    session = ort.InferenceSession(str(alone), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(got), expected, atol=1e-4)
 
 
 def test_a_failed_export_is_reported_not_fatal(tmp_path):
