@@ -13,7 +13,9 @@ import contextlib
 import copy
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from dfkd import config, loggers, pruning, report, rundir, trainer
@@ -300,15 +303,41 @@ def say(message: str) -> None:
             handler.flush()
 
 
+INTERRUPTED, TERMINATED = 130, 143  # the exit statuses of a shell's process ended by SIGINT, by SIGTERM
+_terminated: list[int] = []
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM (a scheduler's time limit, ``kill``, ``timeout``) stops the run now, wherever it is,
+    the way Ctrl-C does: checkpoints kept, the resume command said, exit status 143. (Lightning
+    alone only sets a flag that its training loop reads between steps, so that dreaming or
+    evaluating ran on for minutes, and then ends the process with status 0.)"""
+    _terminated.append(signum)
+    raise KeyboardInterrupt
+
+
+def _jobs_not_run() -> list[list[str]]:
+    """In a ``-m`` sweep, the settings of the jobs after this one (which an interrupt stops too)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return []
+    return list(config.sweep_jobs(sys.argv))[HydraConfig.get().job.num + 1:]
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)  # Lightning's own handler calls it after its own
     try:
         results = run(cfg)
     except DfkdError as err:
         say(f"\ndfkd: error: {err}")
         sys.exit(2)
     except (KeyboardInterrupt, SystemExit) as stop:  # Lightning ends an interrupted fit with exit(1)
-        if isinstance(stop, SystemExit) and stop.code in (0, None):
+        terminated = bool(_terminated) or isinstance(stop, SIGTERMException)
+        if isinstance(stop, SystemExit) and stop.code in (0, None) and not terminated:
             raise
         folder, out = run_folder(cfg), Path(cfg.paths.output_dir)
         training = not (cfg.teacher.checkpoint or (out / rundir.TEACHER_RECORD).is_file()
@@ -317,9 +346,14 @@ def main(cfg: DictConfig) -> float | None:
         unfinished = "" if not training else (
             " (the teacher had not finished training: it goes on from its last finished epoch)" if saved else
             " (the teacher had not finished its first epoch: it trains again from the start)")
-        say(f"\ndfkd: interrupted. Go on from the last checkpoint with: python -m dfkd.run resume={folder}"
-            f"{unfinished}")
-        sys.exit(130)
+        rest = _jobs_not_run()
+        jobs = "".join(f"\n    python -m dfkd.run {' '.join(job)}" for job in rest[:8])
+        more = f"\n    ... and {len(rest) - 8} more" if len(rest) > 8 else ""
+        sweep = (f"\nThe sweep's {len(rest)} later job(s) did not run; each runs on its own with:{jobs}{more}"
+                 if rest else "")
+        say(f"\ndfkd: {'stopped by SIGTERM' if terminated else 'interrupted'}. Go on from the last checkpoint "
+            f"with: python -m dfkd.run resume={folder}{unfinished}{sweep}")
+        sys.exit(TERMINATED if terminated else INTERRUPTED)
     if torch.distributed.is_initialized():
         # Lightning leaves DDP's process group open; left to interpreter shutdown, gloo's threads
         # can abort the finished run (SIGABRT, "terminate called without an active exception").
@@ -347,7 +381,14 @@ def cli() -> None:
     except DfkdError as err:
         print(f"dfkd: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # outside a job: before the first, or between two of a sweep
+        terminated = bool(_terminated)
+        print(f"\ndfkd: {'stopped by SIGTERM' if terminated else 'interrupted'} between runs: the finished runs are "
+              f"complete; resume= goes on with an unfinished one (dfkd refuses a run folder that holds one and "
+              f"names it).", file=sys.stderr, flush=True)
+        sys.exit(TERMINATED if terminated else INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -232,6 +232,38 @@ def test_a_run_interrupted_while_its_teacher_trains_goes_on_from_the_teachers_la
     assert (folder / "results.json").is_file() and not (folder / "teacher_checkpoints").exists()
 
 
+def test_a_sweep_stopped_by_sigterm_stops_at_once_says_so_and_names_the_jobs_it_did_not_run(tmp_path, cache_dir):
+    """A scheduler's SIGTERM (a time limit, kill, timeout) stops the run at once, even while it
+    dreams (Lightning alone would go on to the next training step, then exit with status 0 as if
+    the job had finished); the status says it (143), and the message gives the resume command and
+    the sweep's jobs that never ran."""
+    import signal
+    import time
+
+    env = {**os.environ, "DFKD_CACHE_DIR": str(cache_dir)}
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "dfkd.run", "-m", *FAST, "synthesis.synthesizer.warmup_steps=100000",
+                             "pruning.ratio=0.5,0.7", f"hydra.sweep.dir={sweep}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    log = sweep / "0" / "run.log"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and "Recovery (dream_kd)" not in (log.read_text() if log.is_file() else ""):
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the generator's warm-up of 100,000 steps
+    proc.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # never left dreaming behind a failed test
+    assert proc.returncode == 143, stderr[-3000:]
+    assert time.monotonic() - start < 30  # at once, not at the end of the warm-up
+    assert "stopped by SIGTERM" in stderr and f"resume={sweep / '0'}" in stderr
+    later = stderr.split("did not run")[-1]
+    assert "pruning.ratio=0.7" in later and "pruning.ratio=0.5" not in later
+    assert not (sweep / "1").exists()
+
+
 def test_teacher_training_logs_every_epoch_without_a_progress_bar(make_cfg, tmp_path, caplog):
     import logging
 
