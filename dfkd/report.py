@@ -114,12 +114,17 @@ def table(results: dict) -> str:
             (f"pruned ({cfg['pruning_ratio']:.0%} {cfg['pruning_method']})", results["pruned"]),
             (f"recovered ({cfg['recovery']})", results["recovered"])]
     validation = any("val_acc" in r for _, r in rows)  # a column only where there is a validation split
+    # structured pruning zeroes no weight: it removes channels, so its column is the share of the
+    # teacher's FLOPs (or parameters) removed, not weight sparsity
+    removed = (results.get("pruning") or {}).get("removed")
+    column = "sparsity" if removed is None else f"{cfg.get('pruning_target', 'flops')} cut"
     lines = [f"{'':28s}{'accuracy':>10s}" + (f"{'validation':>12s}" if validation else "")
-             + f"{'agreement':>11s}{'sparsity':>10s}"]
-    for name, r in rows:
+             + f"{'agreement':>11s}{column:>11s}"]
+    for i, (name, r) in enumerate(rows):
         agreement = r.get("agreement", r.get("dream_agreement"))
         val = f"{pct(r.get('val_acc')):>12s}" if validation else ""
-        lines.append(f"{name:28s}{pct(r.get('acc')):>10s}{val}{pct(agreement):>11s}{pct(r.get('sparsity')):>10s}")
+        pruned = r.get("sparsity") if removed is None else (0.0 if i == 0 else removed)
+        lines.append(f"{name:28s}{pct(r.get('acc')):>10s}{val}{pct(agreement):>11s}{pct(pruned):>11s}")
     if not results.get("real_data_read", True):
         lines.append("strict data-free: no real data was read; agreement is measured on held-out dreams")
     times = ", ".join(f"{k} {v:.1f} s" for k, v in results["times"].items())

@@ -124,3 +124,17 @@ def test_tables_keep_their_columns_with_and_without_a_validation_split(tmp_path,
     cells = dict(zip(lines[0].split("|"), lines[2].split("|")))
     expected = ("98.50", "95.50") if with_validation else ("-", "-")  # one run: no spread to show
     assert (cells[" teacher, validation % "].strip(), cells[" recovered, validation % "].strip()) == expected
+
+
+def test_a_structured_run_reports_the_share_it_cut_not_a_weight_sparsity_of_zero(tmp_path):
+    """Structured pruning zeroes no weight: the console table gives the share of the teacher's
+    FLOPs removed where an unstructured run gives its sparsity."""
+    _result(tmp_path / "0", 0, "dream_kd", 0.5, 0.99, 0.20, 0.96)
+    results = json.loads((tmp_path / "0" / "results.json").read_text())
+    results["config"].update(pruning_method="structured l1", pruning_target="flops")
+    results.update(pruning={"removed": 0.5178}, times={"recover": 1.0})
+    for stage in ("pruned", "recovered"):
+        results[stage]["sparsity"] = 0.0
+    lines = report.table(results).splitlines()
+    assert lines[0].split()[-2:] == ["flops", "cut"]
+    assert lines[2].endswith("51.78%") and lines[3].endswith("51.78%") and lines[1].endswith("0.00%")
