@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -44,11 +45,27 @@ STUDENT_BN = ("train", "frozen", "recalibrate")
 CALIBRATION_BATCHES = 50
 
 
+class RecoveryClock(Callback):
+    """The wall seconds of a recovery over every session of a resumed run: those before its last
+    checkpoint travel in the checkpoint (``earlier`` once restored), so that a resumed run's
+    recovery time is the whole of it, not only the part after the resume."""
+
+    def __init__(self) -> None:  # made just before the fit: its set-up (the first dreams) counts
+        self.earlier, self.start = 0.0, time.perf_counter()
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.earlier + time.perf_counter() - self.start}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.earlier = float(state_dict.get("seconds", 0.0))
+
+
 class Recovery:
     """The shared budget and the Lightning fit; subclasses choose the module and the batches."""
 
     uses_real_data = False
     distills = True  # the teacher labels the batches (recovery=finetune: the data set's labels)
+    earlier_seconds = 0.0  # after recover(): its wall seconds before a resume (RecoveryClock)
 
     def __init__(self, name: str, steps: int = 300, batch_size: int = 128, temperature: float = 4.0,
                  loss: str = "kl", ce_weight: float = 0.0, gradient_clip_val: float | None = None,
@@ -137,6 +154,8 @@ class Recovery:
         out = Path(out)
         module = self.module(teacher, student, data.num_classes, trainer.channels_last)
         source, own = self.source(teacher, student, data, seed, out, curve=real_data)
+        clock = RecoveryClock()
+        own.append(clock)
         if checkpoints:
             own.append(ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
                                        every_n_train_steps=self.val_every_n_steps))
@@ -151,6 +170,7 @@ class Recovery:
             fit.fit(module, datamodule=source, ckpt_path="last" if resume else None)
         finally:
             summary = self.keep(source, fit, data, out)
+            self.earlier_seconds = clock.earlier  # spent before a resume, in the sessions before this one
         if self.student_bn == "recalibrate":
             device = next(student.parameters()).device
             seen = recalibrate_batchnorm(student, self.calibration_batches(source, data, device))

@@ -225,6 +225,7 @@ class Stages:
         summary = recovery.recover(self.teacher, student, self.data, self.cfg.trainer,
                                    self.logger if final else None, folder, seed=self.cfg.seed, resume=resume,
                                    real_data=real_data)
+        self.times["recover"] = self.times.get("recover", 0.0) + recovery.earlier_seconds  # a resumed run's whole
         if not final and rank_zero_only.rank == 0:
             torch.save(student.state_dict(), folder / "student.pt")
         return summary
