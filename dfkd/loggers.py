@@ -42,6 +42,10 @@ def build_logger(cfg: DictConfig) -> Logger | None:
         # ``config`` would clash with instantiate's own first argument: pass it to the partial
         logger = build(cfg.logger, "logger", _partial_=True, **extra)(
             config=OmegaConf.to_container(cfg, resolve=True))
+        # Lightning passes wandb.init anonymous=None unasked, and this wandb warns on every run that the
+        # (deprecated) setting has no effect: left out, it is W&B's own default all the same
+        if getattr(logger, "_wandb_init", {}).get("anonymous", False) is None:
+            del logger._wandb_init["anonymous"]
         if extra.get("offline"):
             log.info("W&B runs offline (no login found); sync later with: wandb sync %s/wandb/offline-run-*",
                      cfg.logger.save_dir)
