@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from dfkd.evaluate import near_chance
+from dfkd.rundir import MOVABLE
 
 log = logging.getLogger(__name__)
 
@@ -215,33 +216,41 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 # Settings that do not make runs different configurations: the seed (rows average over it), where
-# the run wrote, how it logged.
-NOT_A_SETTING = ("seed", "resume", "task_name")
-NOT_A_SETTING_PREFIXES = ("paths.", "logger.", "trainer.enable_progress_bar")
+# the run wrote and read, how it logged, what the deployment stage measured.
+NOT_A_SETTING = ("seed", "resume", "task_name", *MOVABLE)
+NOT_A_SETTING_PREFIXES = ("paths.", "logger.", "deploy.", "trainer.enable_progress_bar")
 
 
-def _settings(run: dict) -> dict[str, str]:
-    """Every setting of a run (its .hydra/config.yaml, flattened) but those in NOT_A_SETTING*;
-    empty when the run folder has no readable config."""
+def _settings(run: dict) -> dict[str, str] | None:
+    """Every setting of a run (flattened, as on the command line) but those in NOT_A_SETTING*:
+    its resumed config where it was resumed, else its .hydra/config.yaml; None without either."""
     from omegaconf import OmegaConf
 
-    try:
-        cfg = OmegaConf.to_container(OmegaConf.load(Path(run["path"]) / ".hydra" / "config.yaml"))
-    except Exception:  # noqa: BLE001 - a copied results.json without its config: grouped by the table's columns
-        return {}
-    named = {key.replace("/", "."): str(value) for key, value in flatten(cfg).items()}  # as on the command line
+    hydra = Path(run["path"]) / ".hydra"
+    for path in (hydra / "resumed" / "config.yaml", hydra / "config.yaml"):
+        try:
+            cfg = OmegaConf.to_container(OmegaConf.load(path))
+            break
+        except Exception:  # noqa: BLE001 - missing or unreadable: the next one
+            continue
+    else:
+        return None
+    named = {key.replace("/", "."): str(value) for key, value in flatten(cfg).items()}
     return {k: v for k, v in named.items() if k not in NOT_A_SETTING and not k.startswith(NOT_A_SETTING_PREFIXES)}
 
 
 def _split_by_settings(members: list[dict]) -> list[tuple[str, list[dict]]]:
     """Runs that share the table's columns, split further by every other setting in which they
-    differ (a swept learning rate, a BN weight...), each part labelled with those settings."""
+    differ (a swept learning rate, a BN weight...), each part labelled with those settings. Only
+    settings every run has are compared (a run of older code lacks newer ones); a run without its
+    config (a results.json copied alone) joins the part whose label is empty."""
     found = [_settings(m) for m in members]
-    keys = sorted({k for f in found for k in f})
-    differing = [k for k in keys if len({f.get(k) for f in found}) > 1]
+    known = [f for f in found if f is not None]
+    shared = set.intersection(*(set(f) for f in known)) if known else set()
+    differing = sorted(k for k in shared if len({f[k] for f in known}) > 1)
     parts: dict[str, list[dict]] = {}
     for member, settings in zip(members, found):
-        label = " ".join(f"{k}={settings.get(k, '-')}" for k in differing)
+        label = " ".join(f"{k}={settings[k]}" for k in differing) if settings is not None else ""
         parts.setdefault(label, []).append(member)
     return sorted(parts.items())
 
@@ -397,10 +406,10 @@ def log_to_wandb(rows: list[dict], folder: Path, project: str) -> None:
     from dfkd.loggers import wandb_logged_in
 
     mode = None if os.environ.get("WANDB_MODE") else ("online" if wandb_logged_in() else "offline")
-    columns = ["model", "data", "sparsity", "method", "synthesis", "steps", "batch", "seeds",
+    columns = ["model", "data", "sparsity", "method", "synthesis", "steps", "batch", "settings", "seeds",
                "teacher", "pruned", "recovered", "recovered_std", "recovered_over_teacher"]
     data = [[r["model"], r["data"], r["pruning_ratio"], r["recovery"], r["synthesis"] or "-",
-             r["recovery_steps"], r["recovery_batch_size"], len(r["seeds"]), r["teacher"][0],
+             r["recovery_steps"], r["recovery_batch_size"], r.get("settings") or "-", len(r["seeds"]), r["teacher"][0],
              r["pruned"][0], r["recovered"][0], r["recovered"][1], r["recovery_pct"][0]] for r in rows]
     run = wandb.init(project=project, job_type="report", dir=str(folder), mode=mode,
                      name=f"report-{folder.name}")

@@ -314,17 +314,30 @@ def _on_sigterm(signum, frame) -> None:
     alone only sets a flag that its training loop reads between steps, so that dreaming or
     evaluating ran on for minutes, and then ends the process with status 0.)"""
     _terminated.append(signum)
+    # once: a scheduler's SIGTERM reaches every process of the job at once (DataLoader workers too,
+    # whose ends then surface as errors of their own), and a second one must not cut short the clean-up
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
-def _jobs_not_run() -> list[list[str]]:
-    """In a ``-m`` sweep, the settings of the jobs after this one (which an interrupt stops too)."""
+def _later_jobs() -> str:
+    """In a ``-m`` sweep, what an interrupt leaves undone (the jobs after this one): their command
+    lines where the sweep's own command line gives them; otherwise the sweep folder."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return []
-    return list(config.sweep_jobs(sys.argv))[HydraConfig.get().job.num + 1:]
+        return ""
+    unlisted = f"\nAny later jobs of the sweep did not run (its finished ones are in {run_folder(None).parent})."
+    if HydraConfig.get().sweeper.get("params"):  # swept from a config file too: not listed here
+        return unlisted
+    try:
+        rest = list(config.sweep_jobs(sys.argv))[HydraConfig.get().job.num + 1:]
+    except Exception:  # noqa: BLE001 - a sweep syntax the listing does not follow (glob, ...)
+        return unlisted
+    jobs = "".join(f"\n    python -m dfkd.run {' '.join(job)}" for job in rest[:8])
+    more = f"\n    ... and {len(rest) - 8} more" if len(rest) > 8 else ""
+    return f"\nThe sweep's {len(rest)} later job(s) did not run; each runs on its own with:{jobs}{more}" if rest else ""
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -336,9 +349,11 @@ def main(cfg: DictConfig) -> float | None:
     except DfkdError as err:
         say(f"\ndfkd: error: {err}")
         sys.exit(2)
-    except (KeyboardInterrupt, SystemExit) as stop:  # Lightning ends an interrupted fit with exit(1)
+    except BaseException as stop:  # Lightning ends an interrupted fit with exit(1)
+        # after a SIGTERM, whatever surfaces (a DataLoader worker it ended, say) is the termination
         terminated = bool(_terminated) or isinstance(stop, SIGTERMException)
-        if isinstance(stop, SystemExit) and stop.code in (0, None) and not terminated:
+        interrupted = isinstance(stop, KeyboardInterrupt) or (isinstance(stop, SystemExit) and stop.code not in (0, None))
+        if not (terminated or interrupted):
             raise
         folder, out = run_folder(cfg), Path(cfg.paths.output_dir)
         training = not (cfg.teacher.checkpoint or (out / rundir.TEACHER_RECORD).is_file()
@@ -347,11 +362,7 @@ def main(cfg: DictConfig) -> float | None:
         unfinished = "" if not training else (
             " (the teacher had not finished training: it goes on from its last finished epoch)" if saved else
             " (the teacher had not finished its first epoch: it trains again from the start)")
-        rest = _jobs_not_run()
-        jobs = "".join(f"\n    python -m dfkd.run {' '.join(job)}" for job in rest[:8])
-        more = f"\n    ... and {len(rest) - 8} more" if len(rest) > 8 else ""
-        sweep = (f"\nThe sweep's {len(rest)} later job(s) did not run; each runs on its own with:{jobs}{more}"
-                 if rest else "")
+        sweep = _later_jobs()
         say(f"\ndfkd: {'stopped by SIGTERM' if terminated else 'interrupted'}. Go on from the last checkpoint "
             f"with: python -m dfkd.run resume={folder}{unfinished}{sweep}")
         sys.exit(TERMINATED if terminated else INTERRUPTED)

@@ -168,7 +168,8 @@ def test_an_interrupted_run_resumes_with_one_command(tmp_path, cache_dir):
         [sys.executable, "-m", "dfkd.run", *FAST, "logger=csv", "recovery.steps=30",
          f"hydra.run.dir={folder}"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
-    first_recovery = json.loads((folder / "results.json").read_text())["times"]["recover"]
+    clock = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["callbacks"]
+    before = next(state["seconds"] for name, state in clock.items() if name.startswith("RecoveryClock"))
     (folder / "results.json").unlink()  # as if it had stopped before the end
     recorded = (folder / ".hydra" / "config.yaml").read_text()
 
@@ -179,8 +180,8 @@ def test_an_interrupted_run_resumes_with_one_command(tmp_path, cache_dir):
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
     results = json.loads((folder / "results.json").read_text())
     assert results["config"]["recovery_steps"] == 60 and results["config"]["pruning_ratio"] == 0.9
-    # its recovery time is the whole of it: the first session's (kept in the checkpoint) and the resumed part's
-    assert results["times"]["recover"] > 0.95 * first_recovery, (results["times"], first_recovery)
+    # its recovery time is the whole of it: the first session's up to its checkpoint, and the resumed part's
+    assert before > 0 and results["times"]["recover"] > before, (results["times"], before)
     assert results["config"]["recovery_loss"] == "kl"
     assert results["recovered"]["sparsity"] >= 0.9 - 1e-3
     # The resumed part trained steps 31-60 only, and the original record is untouched.

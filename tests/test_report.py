@@ -50,15 +50,23 @@ def test_report_averages_seeds_and_draws_the_plot(tmp_path, caplog):
 def test_runs_that_differ_in_a_setting_without_a_column_are_not_averaged_as_seeds(tmp_path):
     """A sweep of recovery.optimizer.lr: one row per value, the value named, never one row with
     'seeds 0,0'; seeds of one configuration still average, whatever folder they were written to."""
-    for name, seed, lr, recovered in (("a", 0, 0.1, 0.99), ("b", 0, 0.0001, 0.96), ("c", 1, 0.1, 0.97)):
+    runs = (("a", 0, 0.1, 0.99, ""), ("b", 0, 0.0001, 0.96, ""),
+            ("c", 1, 0.1, 0.97, "  newer_setting: 1\n"),  # code that has a setting the others lack
+            ("d", 2, 0.1, 0.97, "  num_workers: 4\n"))   # how images are read: not another configuration
+    for name, seed, lr, recovered, extra in runs:
         _result(tmp_path / name, seed, "real_kd", 0.9, 0.99, 0.20, recovered)
         (tmp_path / name / ".hydra").mkdir()
         (tmp_path / name / ".hydra" / "config.yaml").write_text(
-            f"seed: {seed}\npaths:\n  output_dir: {tmp_path / name}\nrecovery:\n  optimizer:\n    lr: {lr}\n")
+            f"seed: {seed}\npaths:\n  output_dir: {tmp_path / name}\nrecovery:\n  optimizer:\n    lr: {lr}\n"
+            f"data:\n  root: {tmp_path / name}\n{extra}")
+    (tmp_path / "b" / ".hydra" / "resumed").mkdir()  # resumed with a new lr: that is the one it ran with
+    (tmp_path / "b" / ".hydra" / "resumed" / "config.yaml").write_text(
+        (tmp_path / "b" / ".hydra" / "config.yaml").read_text().replace("lr: 0.0001", "lr: 0.001"))
+    _result(tmp_path / "e", 3, "real_kd", 0.9, 0.99, 0.20, 0.97)  # its config not copied with it
     rows = report.summarize(report.collect(tmp_path))
     assert {(r["settings"], tuple(r["seeds"])) for r in rows} == {
-        ("recovery.optimizer.lr=0.0001", (0,)), ("recovery.optimizer.lr=0.1", (0, 1))}
-    assert "| recovery.optimizer.lr=0.0001 | 0 | 99.00 | 20.00 | 96.00 |" in report.markdown(rows)
+        ("recovery.optimizer.lr=0.001", (0,)), ("recovery.optimizer.lr=0.1", (0, 1, 2)), ("", (3,))}
+    assert "| recovery.optimizer.lr=0.001 | 0 | 99.00 | 20.00 | 96.00 |" in report.markdown(rows)
 
 
 def test_report_of_an_empty_folder_says_what_to_point_it_at(tmp_path):
