@@ -222,9 +222,12 @@ NOT_A_SETTING_PREFIXES = ("paths.", "logger.", "deploy.", "trainer.enable_progre
 
 def _settings(run: dict) -> dict[str, str] | None:
     """Every setting of a run (flattened, as on the command line) but those in NOT_A_SETTING*:
-    its resumed config where it was resumed, else its .hydra/config.yaml; None without either."""
+    its resumed config where it was resumed, else its .hydra/config.yaml; None without either
+    (or without a folder)."""
     from omegaconf import OmegaConf
 
+    if "path" not in run:  # a results dict not read from a run folder (collect adds where it was)
+        return None
     hydra = Path(run["path"]) / ".hydra"
     for path in (hydra / "resumed" / "config.yaml", hydra / "config.yaml"):
         try:
