@@ -48,11 +48,11 @@ BN_FIT_WARNING = 0.5
 
 def bn_fit_warning(fit: float) -> str:
     """What a teacher of one's own whose BN statistics do not fit the real images risks."""
-    return (f"The teacher from teacher.checkpoint sees the real images with BatchNorm statistics far from those "
-            f"it was trained on (mean normalized distance {fit:.2f}, above {BN_FIT_WARNING}; teachers of every built-in "
-            f"architecture score 0.02-0.30 on their own test images): the images may be normalized (data.mean, data.std) or sized "
-            f"(data.image_size) otherwise than in its training, which lowers every figure here, and the dreams "
-            f"follow these statistics. Check those settings.")
+    return (f"The teacher from teacher.checkpoint sees the real images with BatchNorm statistics far from "
+            f"those it was trained on (mean normalized distance {fit:.2f}, above {BN_FIT_WARNING}; teachers of "
+            f"every built-in architecture score 0.02-0.30 on their own test images): the images may be "
+            f"normalized (data.mean, data.std) or sized (data.image_size) otherwise than in its training, "
+            f"which lowers every figure here, and the dreams follow these statistics. Check those settings.")
 
 
 def warnings(results: dict, num_classes: int) -> list[str]:
