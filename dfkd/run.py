@@ -308,6 +308,11 @@ INTERRUPTED, TERMINATED = 130, 143  # the exit statuses of a shell's process end
 _terminated: list[int] = []
 
 
+def _stopped(terminated: bool) -> tuple[str, int]:
+    """How an interrupted run says it stopped, and its exit status."""
+    return ("stopped by SIGTERM", TERMINATED) if terminated else ("interrupted", INTERRUPTED)
+
+
 def _on_sigterm(signum, frame) -> None:
     """SIGTERM (a scheduler's time limit, ``kill``, ``timeout``) stops the run now, wherever it is,
     the way Ctrl-C does: checkpoints kept, the resume command said, exit status 143. (Lightning
@@ -362,10 +367,10 @@ def main(cfg: DictConfig) -> float | None:
         unfinished = "" if not training else (
             " (the teacher had not finished training: it goes on from its last finished epoch)" if saved else
             " (the teacher had not finished its first epoch: it trains again from the start)")
-        sweep = _later_jobs()
-        say(f"\ndfkd: {'stopped by SIGTERM' if terminated else 'interrupted'}. Go on from the last checkpoint "
-            f"with: python -m dfkd.run resume={folder}{unfinished}{sweep}")
-        sys.exit(TERMINATED if terminated else INTERRUPTED)
+        how, status = _stopped(terminated)
+        say(f"\ndfkd: {how}. Go on from the last checkpoint with: python -m dfkd.run resume={folder}{unfinished}"
+            f"{_later_jobs()}")
+        sys.exit(status)
     if torch.distributed.is_initialized():
         # Lightning leaves DDP's process group open; left to interpreter shutdown, gloo's threads
         # can abort the finished run (SIGABRT, "terminate called without an active exception").
@@ -396,11 +401,10 @@ def cli() -> None:
     try:
         main()
     except KeyboardInterrupt:  # outside a job: before the first, or between two of a sweep
-        terminated = bool(_terminated)
-        print(f"\ndfkd: {'stopped by SIGTERM' if terminated else 'interrupted'} between runs: the finished runs are "
-              f"complete; resume= goes on with an unfinished one (dfkd refuses a run folder that holds one and "
-              f"names it).", file=sys.stderr, flush=True)
-        sys.exit(TERMINATED if terminated else INTERRUPTED)
+        how, status = _stopped(bool(_terminated))
+        print(f"\ndfkd: {how} between runs: the finished runs are complete; resume= goes on with an unfinished "
+              f"one (dfkd refuses a run folder that holds one and names it).", file=sys.stderr, flush=True)
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -105,8 +105,6 @@ class DeepInversion(Synthesizer):
         check(float(target_mix) == 0 or num_classes > 1, f"synthesis.synthesizer.target_mix={target_mix} "
               f"needs at least two classes (data.num_classes={num_classes}); set it to 0.")
         self.target_mix = float(target_mix)
-        check(float(diversity_weight) >= 0, f"synthesis.synthesizer.diversity_weight={diversity_weight} must be "
-              f">= 0: how hard each dream is pushed away from the other dreams of its class (0: not at all).")
         check(float(diversity_temperature) > 0, f"synthesis.synthesizer.diversity_temperature="
               f"{diversity_temperature} must be > 0: the temperature of the diversity term's soft maximum (0.1).")
         check(isinstance(diversity_memory, int) and diversity_memory >= 0,
