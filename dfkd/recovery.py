@@ -34,7 +34,7 @@ from dfkd.models import has_batchnorm
 from dfkd.modules import (FEATURE_LAYERS, KD_LOSSES, ClassifierModule, DistillModule, NetModule, check_mix,
                           matching_taps, recalibrate_batchnorm)
 from dfkd.synthesis import SynthesisMonitor, SyntheticDataModule, make_synthesizer
-from dfkd.trainer import make_trainer
+from dfkd.trainer import device_of, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +171,10 @@ class Recovery:
         finally:
             summary = self.keep(source, fit, data, out)
             self.earlier_seconds = clock.earlier  # spent before a resume, in the sessions before this one
-        if self.student_bn == "recalibrate":
-            device = next(student.parameters()).device
-            seen = recalibrate_batchnorm(student, self.calibration_batches(source, data, device))
+        if self.student_bn == "recalibrate":  # on the trainer's device: Lightning's teardown left the student on the CPU
+            device, back = device_of(trainer), next(student.parameters()).device
+            seen = recalibrate_batchnorm(student.to(device), self.calibration_batches(source, data, device))
+            student.to(back)
             log.info("Student BatchNorm statistics re-estimated on %d images.", seen)
         return summary
 

@@ -39,7 +39,7 @@ def build_model(model_cfg: DictConfig, seed: int) -> nn.Module:
     """Instantiate conf/model with initial weights seeded by ``seed`` (teacher.seed, so a cached
     teacher is the same whoever trained it); a constructor error names the setting."""
     with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed alone
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU's stream only: an accelerator's stays as it was
         model = build(model_cfg, "model")
     check(isinstance(model, nn.Module), f"model={model_cfg.name} did not build an nn.Module; point "
           f"it at a torch.nn.Module class or factory.")

@@ -164,6 +164,7 @@ def test_an_optimizer_that_cannot_be_built_is_refused_before_work(make_cfg, tmp_
     ("recovery.pool.size=10", "recovery.pool"),
     ("recovery.pool.shift=translate", "recovery.pool.shift"),
     ("recovery.pool.jitter=-1", "recovery.pool.jitter"),
+    ("recovery.pool.initial_batches=9", "recovery.pool.initial_batches=9 batches"),  # 9 x 256 > 2048: never full
     ("recovery.feature_weight=-1", "recovery.feature_weight"),
     ("recovery.anchor_weight=-0.1", "recovery.anchor_weight"),
     ("recovery.teacher_flip=true", "data.hflip=false"),  # digits: a mirrored digit is another digit

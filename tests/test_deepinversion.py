@@ -146,6 +146,37 @@ def test_targets_are_balanced_and_synthesis_is_deterministic(digits_teacher):
     assert not torch.equal(a_img, c_img)
 
 
+def test_every_iterate_is_scored_and_in_range_the_start_and_the_last_included(digits_teacher):
+    """The lowest-loss iterate is returned: with one iteration, the image after that step (scored
+    after the loop), never the raw noise it started from, which lies outside the pixel range."""
+    teacher, data = digits_teacher
+    di = _synth(teacher, data, iterations=1, seed=3)
+    images, _ = di.synthesize(20)
+    start = _synth(teacher, data, iterations=1, seed=3).noise(20)
+    low, high = data.pixel_bounds()
+    assert start.max() > high.max() + 0.5, "the test needs a start outside the pixel range"
+    assert images.min() >= low.min() - 1e-6 and images.max() <= high.max() + 1e-6
+    assert not torch.allclose(images, start.clamp(low.min(), high.max()))  # the step was taken and kept
+
+
+def test_building_a_synthesizer_or_a_model_leaves_the_accelerators_random_streams_alone(digits_teacher,
+                                                                                        monkeypatch):
+    """Seeding the generators' or a model's initial weights touches the CPU's stream only (and
+    restores it): torch.manual_seed would also reseed every GPU's stream, which the run's own
+    seed set."""
+    from omegaconf import OmegaConf
+
+    from dfkd.teacher import build_model
+    teacher, data = digits_teacher
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    cpu = torch.random.get_rng_state()
+    _synth(teacher, data, cls=FastSynthesizer, warmup_steps=1, seed=5)
+    build_model(OmegaConf.create({"_target_": "dfkd.models.create", "name": "digits_cnn", "num_classes": 10,
+                                  "in_channels": 1}), seed=5)
+    assert reseeded == [] and torch.equal(torch.random.get_rng_state(), cpu)
+
+
 def test_bn_momentum_matches_the_moving_average_of_the_batches_to_the_running_statistics():
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)

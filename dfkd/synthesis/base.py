@@ -59,7 +59,9 @@ class Synthesizer:
         return torch.randn((n, *(shape or self.image_shape)), generator=self.generator).to(self.device)
 
     def bounds(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.low.to(device), self.high.to(device)
+        if self.low.device != device:  # moved once, not copied to the accelerator at every step
+            self.low, self.high = self.low.to(device), self.high.to(device)
+        return self.low, self.high
 
     def clamp_(self, images: torch.Tensor) -> torch.Tensor:
         """Clip to the valid pixel range of the data set, per channel, in place."""

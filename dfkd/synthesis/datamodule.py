@@ -80,6 +80,11 @@ class SyntheticDataModule(L.LightningDataModule):
               f"recovery.pool needs batch_size >= 1, size >= batch_size, initial_batches >= 1 and "
               f"refresh_every >= 1 (got batch_size={batch_size}, size={size}, "
               f"initial_batches={initial_batches}, refresh_every={refresh_every}).")
+        check(initial_batches * batch_size <= size,
+              f"recovery.pool.initial_batches={initial_batches} batches of recovery.pool.batch_size={batch_size} "
+              f"dreams ({initial_batches * batch_size}) do not fit in a pool of recovery.pool.size={size}: the "
+              f"first KD step would wait forever for a pool that never fills. Lower initial_batches to "
+              f"{max(1, size // batch_size)} or raise recovery.pool.size to {initial_batches * batch_size}.")
 
     def setup(self, stage: str | None = None) -> None:
         rank = self.trainer.global_rank if self.trainer is not None else 0

@@ -126,7 +126,8 @@ class DeepInversion(Synthesizer):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.bn_history = state.get("bn_history")
+        history = state.get("bn_history")  # saved on the CPU; the moving average runs where the teacher is
+        self.bn_history = None if history is None else [(m.to(self.device), v.to(self.device)) for m, v in history]
         memory = state.get("feature_memory")  # as much of it as this run's settings keep
         keep = self.diversity_memory if self.weights["diversity"] else 0
         self.feature_memory = None if memory is None or keep == 0 else tuple(
@@ -223,22 +224,32 @@ class DeepInversion(Synthesizer):
 
     def _optimize(self, x: torch.Tensor, targets: torch.Tensor, iterations: int,
                   hooks: list[BNStatsHook]) -> tuple[torch.Tensor, float]:
-        """Adam on the pixels of ``x`` with a cosine learning rate; the lowest-loss iterate."""
+        """Adam on the pixels of ``x`` with a cosine learning rate; the lowest-loss iterate, the
+        one after the last step included. The comparison stays on the device (no host sync per step)."""
         x = x.detach().requires_grad_(True)
+        with torch.no_grad():
+            self.clamp_(x)  # the start is scored too: it must lie in the pixel range like the rest
         optimizer = torch.optim.Adam([x], lr=self.lr, betas=self.betas)
-        best, best_loss = x.detach().clone(), math.inf
+        best, best_loss = x.detach().clone(), torch.full((), math.inf, device=x.device)
+
+        def keep_if_better(loss: torch.Tensor) -> None:
+            nonlocal best, best_loss
+            better = loss.detach() < best_loss
+            best, best_loss = torch.where(better, x.detach(), best), torch.where(better, loss.detach(), best_loss)
+
         for step in range(iterations):
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * self.lr * (1 + math.cos(math.pi * step / iterations))
             terms = self.losses(self._augment(x), targets, hooks)
-            if terms["total"].item() < best_loss:
-                best_loss, best = terms["total"].item(), x.detach().clone()
+            keep_if_better(terms["total"])
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
             with torch.no_grad():
                 self.clamp_(x)
-        return best, best_loss
+        with torch.no_grad():  # the last step's result, which the loop never scored
+            keep_if_better(self.losses(self._augment(x), targets, hooks)["total"])
+        return best, float(best_loss)
 
     def synthesize(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = time.perf_counter()

@@ -92,11 +92,10 @@ class FastSynthesizer(DeepInversion):
               f"generators take turns dreaming the batches.")
         if generator_width is None:  # as wide as the teacher's first layer
             generator_width = batchnorm_layers(teacher)[0].num_features
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)  # the generators' initial weights follow the synthesis seed, one after another
-        self.generators = [Generator(image_shape, num_classes, latent_dim, int(generator_width))
-                           for _ in range(generators)]
-        torch.random.set_rng_state(state)
+        with torch.random.fork_rng(devices=[]):  # the CPU's stream only: an accelerator's stays as it was
+            torch.default_generator.manual_seed(seed)  # initial weights follow the synthesis seed, one after another
+            self.generators = [Generator(image_shape, num_classes, latent_dim, int(generator_width))
+                               for _ in range(generators)]
         self.batches = 0
 
     @property
