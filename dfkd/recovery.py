@@ -171,7 +171,7 @@ class Recovery:
         finally:
             summary = self.keep(source, fit, data, out)
             self.earlier_seconds = clock.earlier  # spent before a resume, in the sessions before this one
-        if self.student_bn == "recalibrate":  # on the trainer's device: Lightning's teardown left the student on the CPU
+        if self.student_bn == "recalibrate":  # on the trainer's device (Lightning's teardown left it on the CPU)
             device, back = device_of(trainer), next(student.parameters()).device
             seen = recalibrate_batchnorm(student.to(device), self.calibration_batches(source, data, device))
             student.to(back)

@@ -97,6 +97,7 @@ def run(cfg: DictConfig) -> dict:
         log.info("Recovered (%s): %s", recovery.name, headline(recovered))
         results = {
             "teacher": teacher_info, "pruned": pruned, "recovered": recovered, "real_data_read": not strict,
+            "input": data.input_spec(),  # how images must reach the student, wherever it is deployed
             "config": {"model": cfg.model.name, "data": cfg.data.name, **prune.settings(),
                        **recovery.settings(), "synthesis": synthesis.get("synthesizer"), "seed": cfg.seed},
             "synthesis": synthesis, "pruning": {"rounds": rounds, **getattr(prune, "found", {})},
@@ -247,6 +248,11 @@ def check_settings(cfg: DictConfig):
     if not cfg.teacher.checkpoint:
         config.check_optimizer(build(cfg.teacher.optimizer, "teacher.optimizer"), "teacher.optimizer")
     rounds = len(prune.rounds())
+    check(rounds == 1 or recovery.name != "none",
+          f"pruning.rounds={rounds}: pruning in rounds recovers the student between them, and recovery=none "
+          f"recovers nothing, so the rounds would be one-shot pruning in {rounds} steps. Choose a recovery "
+          f"(recovery=dream_kd, the default), or prune in one shot with recovery=none: "
+          f"{'pruning=magnitude' if not prune.structured else 'pruning.rounds=1'}.")
     check(rounds <= recovery.steps, f"pruning.rounds={rounds} rounds share recovery.steps={recovery.steps}: give "
           f"each round at least one step (raise recovery.steps or lower pruning.rounds).")
     check(not (prune.structured and recovery.feature_weight),

@@ -64,6 +64,10 @@ def check_fits(model: nn.Module, model_name: str, data: ImageDataModule) -> None
             f"model=digits_cnn).") from None
     finally:
         model.train(was_training)
+    check(isinstance(logits, torch.Tensor),
+          f"model={model_name} returns a {type(logits).__name__}, not a tensor of logits: dfkd distils, prunes "
+          f"and exports a model whose forward returns the class logits alone (batch x classes). Wrap it in a "
+          f"module whose forward returns only the logits (e.g. model(x)[0]), and point model.path at that.")
     check(logits.shape == (2, data.num_classes),
           f"model={model_name} gives {tuple(logits.shape[1:])} outputs per image but data={data.name} has "
           f"{data.num_classes} classes: make them agree (data.num_classes, or model.kwargs for model=custom).")

@@ -104,6 +104,20 @@ def test_an_architecture_that_cannot_take_the_images_is_refused_before_training(
     assert _no_work_done(tmp_path / "cache", tmp_path)
 
 
+def test_a_model_that_returns_more_than_logits_is_refused_before_training(make_cfg, tmp_path, monkeypatch):
+    (tmp_path / "tuplenets.py").write_text(
+        "from dfkd.models import DigitsCNN\n\n"
+        "class Net(DigitsCNN):\n"
+        "    def forward(self, x):\n"
+        "        return super().forward(x), x.flatten(1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = make_cfg("model=custom", "model.path=tuplenets.Net", "model.kwargs={num_classes: 10}",
+                   f"paths.cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(DfkdError, match=r"model=custom returns a tuple, not a tensor of logits.*model\.path"):
+        run(cfg)
+    assert _no_work_done(tmp_path / "cache", tmp_path)
+
+
 def test_custom_model_needs_its_import_path(make_cfg, tmp_path):
     cfg = make_cfg("model=custom", f"paths.cache_dir={tmp_path}", fast=False)
     with pytest.raises(DfkdError, match=r"model\.path"):

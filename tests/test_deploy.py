@@ -125,6 +125,20 @@ def test_a_structured_run_reports_what_it_buys(make_cfg, tmp_path):
     assert on_disk["pruning"]["removed"] >= 0.5 - 1e-3
     for name in ("student.pt", "student.pt2", "student.onnx"):
         assert (tmp_path / name).is_file(), name
+    # results.json says how images reach the exported student: raw digits (scikit-learn's pixels 0-16,
+    # no dfkd code), scaled to [0, 1] and normalized as "input" says, are classified as by the run
+    from sklearn.datasets import load_digits
+
+    spec = on_disk["input"]
+    assert spec["shape"] == [1, 8, 8] and spec["normalization"] == "measured"
+    pixels, labels = load_digits(return_X_y=True)
+    x = torch.tensor(pixels / 16.0, dtype=torch.float32).view(-1, *spec["shape"])
+    student = torch.export.load(str(tmp_path / "student.pt2")).module()
+    mean, std = (torch.tensor(spec[k]).view(-1, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        normalized = (student((x - mean) / std).argmax(1).numpy() == labels).mean()
+        raw = (student(x).argmax(1).numpy() == labels).mean()
+    assert normalized >= results["recovered"]["acc"] - 0.05 and raw < normalized - 0.2
 
 
 @pytest.mark.slow
@@ -221,3 +235,10 @@ def test_pruning_dreams_are_labelled_by_the_teacher_and_leave_the_random_stream_
 def test_more_rounds_than_steps_are_refused(make_cfg):
     with pytest.raises(DfkdError, match=r"pruning\.rounds=5.*recovery\.steps=3"):
         run(make_cfg("pruning=iterative", "pruning.rounds=5", "recovery.steps=3"))
+
+
+@pytest.mark.parametrize("pruning", [["pruning=iterative"], ["pruning=structured", "pruning.rounds=2"]])
+def test_rounds_without_a_recovery_are_refused_before_any_work(make_cfg, tmp_path, pruning):
+    with pytest.raises(DfkdError, match=r"pruning\.rounds=\d: .*recovery=none recovers nothing"):
+        run(make_cfg(*pruning, "recovery=none", f"paths.cache_dir={tmp_path / 'cache'}"))
+    assert not (tmp_path / "cache").exists()

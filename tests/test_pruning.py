@@ -238,26 +238,48 @@ def test_structured_pruning_makes_a_smaller_network_that_runs(arch):
     assert model.eval()(torch.randn(3, *shape)).shape == (3, 10)
 
 
+class HeadFirst(torch.nn.Module):
+    """A model that lists its classifier before the layers that run before it."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(16, 5)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.BatchNorm2d(16),
+                                        torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, padding=1),
+                                        torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                        torch.nn.Flatten())
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
 def test_structured_pruning_keeps_the_classes_of_a_model_that_lists_its_classifier_first():
     """The classifier is the layer that runs last, wherever the model lists it: its outputs (the
     classes) stay, with no pruning.keep_dense needed."""
-
-    class HeadFirst(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = torch.nn.Linear(16, 5)
-            self.body = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.BatchNorm2d(16),
-                                            torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, padding=1),
-                                            torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                                            torch.nn.Flatten())
-
-        def forward(self, x):
-            return self.head(self.body(x))
-
     torch.manual_seed(0)
     model = pruning.Structured(0.5)(HeadFirst(), torch.zeros(1, 1, 8, 8))
     assert model.body[0].out_channels < 16 and model.head.in_features < 16  # pruned, ...
     assert model.eval()(torch.randn(2, 1, 8, 8)).shape == (2, 5)  # ... but not the classes
+
+
+@pytest.mark.parametrize("method", ["magnitude", "nm", "structured"])
+def test_keep_dense_first_and_last_are_the_layers_that_run_first_and_last(method):
+    """'first' and 'last' follow the forward pass, not the order the model lists its layers: on a
+    model that lists its classifier first, 'first' is the first conv and 'last' the classifier."""
+    torch.manual_seed(0)
+    model, example = HeadFirst(), torch.zeros(1, 1, 8, 8)
+    first = model.body[0].weight.detach().clone()
+    pruner = {"magnitude": pruning.Unstructured(0.5, keep_dense=["first"]),
+              "nm": pruning.NM(2, 4, keep_dense=["first"]),  # the first conv's single input cannot take 2:4
+              "structured": pruning.Structured(0.5, keep_dense=["first"])}[method]
+    pruner.validate(model, example)
+    model = pruner(model, example)
+    if method == "structured":
+        assert model.body[0].out_channels == 16 and model.body[3].out_channels < 16
+    else:
+        assert torch.equal(pruning.make_permanent(model).body[0].weight, first)  # left dense
+        assert (model.head.weight == 0).any() and (model.body[3].weight == 0).any()
+    assert pruning.dense_names(HeadFirst(), ["last"], pruning.run_order(HeadFirst(), example)) == {"head"}
 
 
 def test_structured_pruning_by_parameters_and_global_bn_scale():

@@ -136,6 +136,14 @@ class ImageDataModule(L.LightningDataModule):
         return (torch.tensor(self.mean, device=device).view(shape),
                 torch.tensor(self.std, device=device).view(shape))
 
+    def input_spec(self) -> dict:
+        """What the teacher and the student (student.pt2, student.onnx included) take, for results.json:
+        images of ``shape``, pixel intensities in [0, 1] normalized per channel as (x - mean) / std;
+        ``normalization``: given (data.mean, data.std or the data set's own), measured on the train
+        split, or guessed."""
+        return {"shape": list(self.image_shape), "mean": list(self.mean), "std": list(self.std),
+                "normalization": self.normalization}
+
     def pixel_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalized values of pixel intensities 0 and 1, shape (C, 1, 1)."""
         mean, std = self._stats()

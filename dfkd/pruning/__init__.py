@@ -8,10 +8,10 @@ its conf/pruning/*.yaml:
                                      (in rounds with recovery after each: pruning.rounds)
 """
 
-from dfkd.pruning.common import Pruner, is_masked, make_permanent, prunable, sparsity
+from dfkd.pruning.common import Pruner, dense_names, is_masked, make_permanent, prunable, run_order, sparsity
 from dfkd.pruning.nm import NM
 from dfkd.pruning.structured import Structured
 from dfkd.pruning.unstructured import Iterative, Unstructured, lamp_scores, prune
 
-__all__ = ["NM", "Iterative", "Pruner", "Structured", "Unstructured", "is_masked", "make_permanent", "prunable",
-           "lamp_scores", "prune", "sparsity"]
+__all__ = ["NM", "Iterative", "Pruner", "Structured", "Unstructured", "dense_names", "is_masked", "make_permanent",
+           "prunable", "lamp_scores", "prune", "run_order", "sparsity"]

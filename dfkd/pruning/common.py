@@ -24,15 +24,40 @@ def is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and module.in_channels == module.groups
 
 
-def dense_names(model: nn.Module, keep_dense) -> set[str]:
-    """The layer names ``pruning.keep_dense`` means on this model ('first' and 'last' resolved);
-    a name that is not a conv or linear layer of the model is refused with the valid names."""
+def run_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """The names of the conv and linear layers that a forward pass on ``example`` reaches, in the
+    order it first reaches them (not the order the model lists them: a model may declare its
+    classifier first). The pass runs in eval mode, so no running statistics move."""
+    names = {m: n for n, m in prunable(model)}
+    ran: list[str] = []
+
+    def seen(module, inputs, output):
+        if names[module] not in ran:
+            ran.append(names[module])
+
+    hooks = [m.register_forward_hook(seen) for m in names]
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return ran
+
+
+def dense_names(model: nn.Module, keep_dense, order: list[str] | None = None) -> set[str]:
+    """The layer names ``pruning.keep_dense`` means on this model ('first' and 'last' resolved: the
+    first and the last layer to run, by ``order`` (run_order), else as the model lists them); a
+    name that is not a conv or linear layer of the model is refused with the valid names."""
     names = [n for n, _ in prunable(model)]
+    ran = order or names
     found = set()
     for name in keep_dense or ():
         if name in ALIASES:
             check(bool(names), "The model has no conv or linear layer to prune; check the model setting.")
-            found.add(names[0] if name == "first" else names[-1])
+            found.add(ran[0] if name == "first" else ran[-1])
             continue
         check(name in names, f"pruning.keep_dense names {name!r}, which is not a conv or linear layer of the "
               f"model; give 'first', 'last' or names among: {', '.join(names)}.")
@@ -40,9 +65,9 @@ def dense_names(model: nn.Module, keep_dense) -> set[str]:
     return found
 
 
-def targets(model: nn.Module, keep_dense) -> list[tuple[str, nn.Module]]:
+def targets(model: nn.Module, keep_dense, order: list[str] | None = None) -> list[tuple[str, nn.Module]]:
     """The layers a method prunes: every conv and linear layer but those left dense."""
-    dense = dense_names(model, keep_dense)
+    dense = dense_names(model, keep_dense, order)
     layers = [(n, m) for n, m in prunable(model) if n not in dense]
     check(bool(layers), f"Nothing is left to prune: pruning.keep_dense={list(keep_dense or [])} keeps every "
           f"conv and linear layer dense.")
@@ -118,7 +143,13 @@ class Pruner:
     def __init__(self, ratio: float = 0.9, keep_dense=()) -> None:
         self.ratio = check_ratio(ratio)
         self.keep_dense = list(keep_dense or [])
+        self.order: list[str] | None = None  # the layers in the order they run (keep_dense's first and last)
         self.in_rounds(1)
+
+    def learn_order(self, model: nn.Module, example: torch.Tensor | None) -> None:
+        """Note the order ``model``'s layers run in (the names stay the same in every student)."""
+        if example is not None and self.keep_dense:
+            self.order = run_order(model, example)
 
     def in_rounds(self, rounds: int, schedule: str = "cubic") -> None:
         """Reach ``ratio`` in ``rounds`` prune-recover rounds of the ``schedule`` (pruning.rounds,
@@ -137,6 +168,7 @@ class Pruner:
 
     def validate(self, model: nn.Module, example: torch.Tensor) -> None:
         """Refuse what cannot work on this (untrained) architecture."""
+        self.learn_order(model, example)
         self.pruned_layers(model)
 
     def __call__(self, model: nn.Module, example: torch.Tensor | None = None, ratio: float | None = None,
@@ -149,7 +181,7 @@ class Pruner:
         return self._rounds
 
     def pruned_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        return targets(model, self.keep_dense)
+        return targets(model, self.keep_dense, self.order)
 
     def check_kept(self, model: nn.Module) -> float:
         """Fail loudly if recovery undid the pruning; return the sparsity of the layers it pruned."""

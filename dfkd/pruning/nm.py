@@ -52,7 +52,7 @@ class NM(Pruner):
 
     def pruned_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """The layers it prunes; one whose input width M does not divide is refused by name."""
-        layers = [(name, mod) for name, mod in targets(model, self.keep_dense) if not is_depthwise(mod)]
+        layers = [(name, mod) for name, mod in targets(model, self.keep_dense, self.order) if not is_depthwise(mod)]
         check(bool(layers), "Every layer left to prune is depthwise or in pruning.keep_dense: nothing to prune.")
         odd = [f"{name} ({mod.weight.shape[1]} inputs)" for name, mod in layers if mod.weight.shape[1] % self.m]
         if odd:
@@ -62,6 +62,7 @@ class NM(Pruner):
         return layers
 
     def __call__(self, model, example=None, ratio=None, dreams=None):
+        self.learn_order(model, example)
         model.to(memory_format=torch.contiguous_format)
         for _, mod in self.pruned_layers(model):
             tprune.custom_from_mask(mod, "weight", nm_mask(mod.weight, self.n, self.m))

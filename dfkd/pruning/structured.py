@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfkd.errors import DfkdError, check, check_choice
-from dfkd.pruning.common import (LAYERS, Pruner, check_ratio, dense_names, is_depthwise, prunable, sparsity,
+from dfkd.pruning.common import (LAYERS, Pruner, check_ratio, dense_names, is_depthwise, prunable, run_order, sparsity,
                                  undone)
 from dfkd.pruning.taylor import TaylorImportance
 
@@ -65,15 +65,8 @@ def coupled_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
 def classifier(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
     """The conv or linear layer that runs last on ``example`` (in execution order, not the order
     the model lists its layers): the classifier, whose output channels are the classes."""
-    ran: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda module, inputs, output: ran.append(module)) for _, m in prunable(model)]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return ran[-1:]
+    layers = dict(prunable(model))
+    return [layers[name] for name in run_order(model, example)[-1:]]
 
 
 def channels(model: nn.Module) -> dict[str, int]:
@@ -194,7 +187,8 @@ class Structured(Pruner):
     def meta_pruner(self, model: nn.Module, example: torch.Tensor):
         """torch-pruning's pruner for ``model`` in 1% steps, its importance, and the layers that
         ``coupled=keep`` leaves whole."""
-        dense = dense_names(model, self.keep_dense)
+        self.learn_order(model, example)
+        dense = dense_names(model, self.keep_dense, self.order)
         try:
             kept = coupled_layers(model, example) if self.coupled == "keep" else []
             if self.coupled == "keep" and not kept and self.found.get("coupled") != 0:  # said once, not each call

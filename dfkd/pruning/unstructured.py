@@ -22,13 +22,15 @@ CRITERIA = {"l1": tprune.L1Unstructured, "random": tprune.RandomUnstructured}
 SCOPES = ("global", "layer", "lamp")
 
 
-def prune(model: nn.Module, ratio: float, method: str = "l1", scope: str = "lamp", keep_dense=()) -> nn.Module:
+def prune(model: nn.Module, ratio: float, method: str = "l1", scope: str = "lamp", keep_dense=(),
+          order: list[str] | None = None) -> nn.Module:
     """Zero ``ratio`` of the conv/linear weights in place: by magnitude (l1) or at random, ranked
     across the whole network (global), within each layer (layer), or across the whole network by
-    LAMP score (lamp, l1 only); ``keep_dense`` layers stay dense."""
+    LAMP score (lamp, l1 only); ``keep_dense`` layers stay dense (``order``: run_order's, for
+    'first' and 'last')."""
     ratio = check_ratio(ratio)
     check_method_and_scope(method, scope)
-    layers = targets(model, keep_dense)
+    layers = targets(model, keep_dense, order)
     model.to(memory_format=torch.contiguous_format)  # a GPU-trained teacher may be channels_last
     if scope in ("global", "lamp"):
         scores = {(m, "weight"): lamp_scores(m.weight) for _, m in layers} if scope == "lamp" else None
@@ -75,7 +77,9 @@ class Unstructured(Pruner):
         self.method, self.scope = method, scope
 
     def __call__(self, model, example=None, ratio=None, dreams=None):
-        return prune(model, self.ratio if ratio is None else ratio, self.method, self.scope, self.keep_dense)
+        self.learn_order(model, example)
+        return prune(model, self.ratio if ratio is None else ratio, self.method, self.scope, self.keep_dense,
+                     self.order)
 
     def label(self) -> str:
         """The method as tables name it: l1 (global), l1 layer, l1 lamp, random, ..."""
