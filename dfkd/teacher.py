@@ -57,8 +57,8 @@ def check_fits(model: nn.Module, model_name: str, data: ImageDataModule) -> None
     except Exception as err:  # noqa: BLE001 - a model may refuse a shape by assertion, ValueError, ...
         raise DfkdError(
             f"model={model_name} cannot take data={data.name}'s images (channels, height, width = "
-            f"{shape}): {first_line(err)}. data.image_size must be "
-            f"a size the model takes (a teacher of your own: the size it was trained at). Images this small "
+            f"{shape}): {first_line(err)}. data.in_channels must be the channels the model takes, and "
+            f"data.image_size a size it takes (a teacher of your own: the size it was trained at). Images this small "
             f"may be downsampled to nothing by the architecture: use larger images (the CIFAR architectures "
             f"are built for 32x32), or a smaller architecture (data=digits, 8x8 grey, goes with "
             f"model=digits_cnn).") from None
@@ -87,6 +87,32 @@ def _unwrap_state_dict(obj, setting: str) -> dict:
     return obj
 
 
+def _under_prefix(state: dict, own: dict, setting: str) -> dict:
+    """``state`` as it is if its keys fit ``own``'s; else the entries under the one prefix that
+    makes them fit (a torch.compile'd model's ``_orig_mod.``, a training module's ``teacher.`` beside
+    its loss's buffers, ...), said in the log; else ``state`` unchanged, for the mismatch message."""
+    needed = {k for k in own if not k.endswith("num_batches_tracked")}
+
+    def fits(keys) -> bool:
+        return needed <= set(keys) <= set(own)
+
+    if fits(state):
+        return state
+    prefixes = {k[:i + 1] for k in state for i, c in enumerate(k) if c == "." and k[i + 1:] in own}
+    fitting = sorted(p for p in prefixes
+                     if fits({k[len(p):] for k in state if k.startswith(p)}))
+    check(len(fitting) <= 1, f"{setting} holds more than one set of weights that fits the model (under "
+          f"{', '.join(repr(p) for p in fitting)}), and dfkd cannot tell which is the teacher. Save the "
+          f"teacher's own state dict: torch.save(model.state_dict(), 'teacher.pt').")
+    if not fitting:
+        return state
+    prefix = fitting[0]
+    others = sorted(k for k in state if not k.startswith(prefix))
+    log.info("%s: the teacher's weights are those under '%s'%s.", setting, prefix,
+             f" ({len(others)} other entries ignored: {', '.join(others[:3])})" if others else "")
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def _read(path: Path, setting: str) -> dict:
     check(path.exists(), f"{setting} does not exist. Point it at a saved state dict of the teacher, "
           f"or set teacher.checkpoint=null to train a teacher on the real data.")
@@ -101,7 +127,10 @@ def _read(path: Path, setting: str) -> dict:
                             f"{SAVE_HINT}") from err
         raise DfkdError(f"{setting} holds Python objects beyond tensors (a whole pickled model, or "
                         f"an object from a training framework), which dfkd does not unpickle: "
-                        f"unpickling can run arbitrary code. {SAVE_HINT}") from err
+                        f"unpickling can run arbitrary code. {SAVE_HINT} If you trust the file, extract its "
+                        f"weights once: torch.save(torch.load(PATH, weights_only=False)['state_dict'], 'teacher.pt') "
+                        f"for a Lightning checkpoint, or torch.save(torch.load(PATH, weights_only=False)"
+                        f".state_dict(), 'teacher.pt') for a whole model.") from err
     except (RuntimeError, OSError, EOFError, ValueError) as err:
         raise DfkdError(f"{setting} is not a file torch.save wrote, or it is damaged ({err}). "
                         f"{SAVE_HINT}") from err
@@ -117,6 +146,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, setting: str | None 
     setting = setting or f"teacher.checkpoint={path}"
     state = _unwrap_state_dict(_read(path, setting), setting)
     own = model.state_dict()
+    state = _under_prefix(state, own, setting)
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
@@ -127,7 +157,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, setting: str | None 
                                      ("shape mismatch", shapes)) if items]
         raise DfkdError(f"{setting} does not fit the architecture model={model.__class__.__name__}: "
                         + "; ".join(parts) + ". " + (advice or "Choose the model (and data.num_classes) "
-                                                     "the checkpoint was trained with."))
+                                                     "the checkpoint was trained with: data.in_channels for "
+                                                     "the first layer's inputs, data.num_classes for the last's "
+                                                     "outputs, model.width or model.kwargs for the rest."))
     model.load_state_dict(state, strict=False)  # torch fills num_batches_tracked where it is absent
     return model
 

@@ -267,6 +267,18 @@ def test_a_fitting_checkpoint_with_wrappers_loads(make_cfg, tmp_path):
     loaded = load_weights(DigitsCNN(width=16), path)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
                                                   net.state_dict().values()))
+    # a torch.compile'd model's keys, and a training module's: the teacher's weights beside a loss's buffer
+    for name, state in (("compiled.pt", {f"_orig_mod.{k}": v for k, v in net.state_dict().items()}),
+                        ("module.pt", {"state_dict": {**{f"teacher.{k}": v for k, v in net.state_dict().items()},
+                                                      "criterion.weight": torch.ones(10)}})):
+        torch.save(state, tmp_path / name)
+        loaded = load_weights(DigitsCNN(width=16), tmp_path / name)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
+    # two networks that both fit (a module holding a teacher and an unpruned student): refused, not guessed
+    torch.save({f"{who}.{k}": v for who in ("teacher", "student") for k, v in net.state_dict().items()},
+               tmp_path / "both.pt")
+    with pytest.raises(DfkdError, match="more than one set of weights"):
+        load_weights(DigitsCNN(width=16), tmp_path / "both.pt")
 
 
 def _cli(tmp_path, *args):
