@@ -202,6 +202,7 @@ def test_an_optimizer_that_cannot_be_built_is_refused_before_work(make_cfg, tmp_
     ("+prunning.ratio=0.5", "Did you mean pruning\\? Give it without the '\\+': pruning.ratio=0.5"),
     ("pruning.ratio=abc", "pruning.ratio"),
     ("data.num_classes=7", "data.num_classes"),
+    ("data.mean=abc data.std=[0.3]", "data.mean='abc' must be numbers"),
     ("teacher.checkpoint=/nonexistent/teacher.pt", "teacher.checkpoint"),
 ])
 def test_bad_settings_stop_before_any_work(make_cfg, tmp_path, override, setting):

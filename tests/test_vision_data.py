@@ -46,6 +46,51 @@ def test_a_corrupt_image_is_named(tmp_path):
         dm.train_set
 
 
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_a_tree_of_mixed_formats_bit_depths_and_colour_types_is_read(tmp_path, in_channels):
+    """A user's own folder holds what cameras and tools write: BMP, TIFF, PPM, lossless WebP,
+    16-bit grey PNG, RGBA PNG, palette GIF. Each is read at data.in_channels, 8 bits, its picture
+    intact (compared with the colour the file was written from)."""
+    from PIL import Image
+
+    colour = np.zeros((16, 16, 3), dtype=np.uint8)
+    colour[:8] = (200, 40, 40)  # top half red, bottom half blue
+    colour[8:] = (30, 30, 220)
+    grey = np.array(Image.fromarray(colour).convert("L"))
+    files = {"a.bmp": lambda p: Image.fromarray(colour).save(p),
+             "b.tif": lambda p: Image.fromarray(colour).save(p),
+             "c.ppm": lambda p: Image.fromarray(colour).save(p),
+             "d.webp": lambda p: Image.fromarray(colour).save(p, lossless=True),
+             "e.png": lambda p: Image.fromarray(grey.astype(np.uint16) * 257).save(p),  # 16-bit grey
+             "f.png": lambda p: Image.fromarray(colour).convert("RGBA").save(p),
+             "g.gif": lambda p: Image.fromarray(colour).save(p),
+             "h.pgm": lambda p: Image.fromarray(grey).save(p)}
+    for split in ("train", "test"):
+        folder = tmp_path / split / "only"
+        folder.mkdir(parents=True)
+        for name, write in files.items():
+            write(folder / name)
+    dm = ImageFolderDataModule(root=str(tmp_path), num_classes=1, in_channels=in_channels, image_size=16,
+                               mean=(0.5,) * in_channels, std=(0.5,) * in_channels)
+    images = torch.stack([image for image, _ in dm.test_set])
+    assert images.shape == (len(files), in_channels, 16, 16) and images.dtype == torch.uint8
+    expected = torch.from_numpy(grey if in_channels == 1 else colour).float().reshape(16, 16, -1).permute(2, 0, 1)
+    for name, image in zip(sorted(files), images):
+        if in_channels == 3 and name in ("e.png", "h.pgm"):  # grey files: the same grey in every channel
+            want = torch.from_numpy(grey).float().expand(3, 16, 16)
+        else:
+            want = expected
+        assert (image.float() - want).abs().max() <= 3, name
+
+
+def test_one_number_for_mean_and_std_means_every_channel(image_tree):
+    """data.mean=0.5 data.std=0.25 on a colour tree: the same normalization as the lists."""
+    one = ImageFolderDataModule(root=str(image_tree), num_classes=3, mean=0.5, std=0.25)
+    lists = ImageFolderDataModule(root=str(image_tree), num_classes=3, mean=[0.5] * 3, std=[0.25] * 3)
+    assert one.mean == lists.mean == (0.5,) * 3 and one.std == lists.std == (0.25,) * 3
+    assert one.normalization_given
+
+
 def test_train_augmentation_crops_and_flips_on_the_batch_device():
     torch.manual_seed(0)
     x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)

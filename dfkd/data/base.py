@@ -8,6 +8,7 @@ there, batched, in ``on_after_batch_transfer``. A GPU run so spends no CPU time 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import lightning as L
 import torch
@@ -19,7 +20,7 @@ from dfkd.errors import check
 
 def _yaml(value) -> str:
     """A setting's value as it is written on the command line (null, not None)."""
-    return "null" if value is None else str(list(value))
+    return "null" if value is None else str(list(value)) if isinstance(value, Iterable) else str(value)
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool,
@@ -125,6 +126,13 @@ class ImageDataModule(L.LightningDataModule):
         """The per-channel normalization every image gets (checked: one value per channel, std > 0)."""
         check((mean is None) == (std is None), f"data.mean={_yaml(mean)} and data.std={_yaml(std)}: give both (the "
               f"normalization the teacher was trained with), or neither.")
+        # one number stands for the same value in every channel
+        mean, std = ((v,) * self.in_channels if isinstance(v, (int, float)) else v for v in (mean, std))
+        for setting, value in (("mean", mean), ("std", std)):
+            check(isinstance(value, Iterable) and not isinstance(value, str)
+                  and all(isinstance(v, (int, float)) for v in value),
+                  f"data.{setting}={value!r} must be numbers, one per image channel "
+                  f"(data.in_channels={self.in_channels}), as a list: data.{setting}=[...].")
         mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         check(len(mean) == len(std) == self.in_channels and all(s > 0 for s in std),
               f"data.mean={list(mean)} and data.std={list(std)} need one value per image channel "

@@ -12,14 +12,18 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import functional as TF
 
 from dfkd.data.base import ImageDataModule
-from dfkd.errors import DfkdError, check
+from dfkd.errors import DfkdError, check, first_line
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +114,48 @@ class CIFARDataModule(_VisionDataModule):
         return TensorDataset(resize(images.contiguous(), self.image_size), labels)
 
 
+def _is_image(path: str) -> bool:
+    """A file ImageFolder lists: torchvision's image extensions, and GIF (which ``decode`` reads)."""
+    return path.lower().endswith((*IMG_EXTENSIONS, ".gif"))
+
+
+def _read_with_pil(path: str) -> torch.Tensor:
+    """The formats torchvision's decoder leaves out (BMP, TIFF, PPM/PGM, ...), through Pillow:
+    (C, H, W), uint8, or uint16 for 16-bit grey images."""
+    with Image.open(path) as image:
+        if image.mode.startswith("I"):  # 16-bit grey ("I;16", or "I" holding 16-bit values)
+            pixels = np.asarray(image, dtype=np.int32).clip(0, 65535).astype(np.uint16)[None]
+            return torch.from_numpy(pixels.copy())
+        pixels = np.asarray(image.convert("RGB" if image.mode not in ("L", "1") else "L"))
+    return torch.from_numpy(pixels.copy()).reshape(*pixels.shape[:2], -1).permute(2, 0, 1)
+
+
+def decode(path: str, channels: int) -> torch.Tensor:
+    """The image file at ``path`` as uint8 (``channels``, H, W), whatever its format (torchvision's
+    decoder, or Pillow for the formats it lacks), bit depth (16-bit images scaled to 8 bits) and
+    colour type (grey, colour and alpha converted to grey or colour as asked, palettes expanded)."""
+    try:
+        image = decode_image(read_file(path), mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+    except RuntimeError as err:
+        if "Unsupported image file" not in str(err):
+            raise
+        image = _read_with_pil(path)
+    if image.dtype == torch.uint16:
+        image = (image.to(torch.int32) >> 8).to(torch.uint8)
+    if image.shape[0] in (2, 4):  # grey or colour with an alpha channel: the alpha is dropped
+        image = image[:-1]
+    if image.shape[0] == 3 and channels == 1:
+        image = TF.rgb_to_grayscale(image)
+    elif image.shape[0] == 1 and channels == 3:
+        image = TF.grayscale_to_rgb(image)
+    return image
+
+
 class _DecodedFolder(Dataset):
     """ImageFolder's (path, label) list, decoded to uint8 (C, H, W) tensors of one size."""
 
     def __init__(self, folder: datasets.ImageFolder, channels: int, size: int) -> None:
-        self.samples, self.size = folder.samples, size
-        self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+        self.samples, self.size, self.channels = folder.samples, size, channels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -123,9 +163,9 @@ class _DecodedFolder(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
         try:
-            image = decode_image(read_file(path), mode=self.mode)
-        except (RuntimeError, ValueError) as err:
-            raise DfkdError(f"{path} could not be read as an image ({err}). Remove or replace it "
+            image = decode(path, self.channels)
+        except (RuntimeError, ValueError, OSError) as err:
+            raise DfkdError(f"{path} could not be read as an image ({first_line(err)}). Remove or replace it "
                             f"(data.root holds the tree).") from err
         return resize(image.unsqueeze(0), self.size)[0], label
 
@@ -161,7 +201,8 @@ class ImageFolderDataModule(_VisionDataModule):
               f"data.test_dir). The JPEG copy of CIFAR-10 unpacks to such a tree: "
               f"tar xzf cifar10-jpg.tar.gz -C .data/ && python -m dfkd.run data=cifar10_jpg")
         try:
-            found = {split: datasets.ImageFolder(str(f), loader=str) for split, f in folders.items()}
+            found = {split: datasets.ImageFolder(str(f), loader=str, is_valid_file=_is_image)
+                     for split, f in folders.items()}
         except (FileNotFoundError, RuntimeError) as err:
             raise DfkdError(f"data.root={self.root}: {err}. Each class folder must hold images.") from err
         if "train" in found:
