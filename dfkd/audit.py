@@ -82,30 +82,61 @@ class Embedder:
         return pixels, (torch.cat([f for _, f in parts]) if self.teacher is not None else None)
 
 
-def load_run(run_dir: Path):
+def dream_files(run_dir: Path) -> list[Path]:
+    """Every file of saved dreams a run wrote: the synthetic pool (one per DDP rank), each round's
+    (iterative pruning: round_K/), and the dreams a pruning method ranked channels on."""
+    return [*sorted(run_dir.glob("synthetic_pool*.pt")), *sorted(run_dir.glob("round_*/synthetic_pool*.pt")),
+            *([run_dir / "pruning_dreams.pt"] if (run_dir / "pruning_dreams.pt").is_file() else [])]
+
+
+def _started_in(run_dir: Path) -> Path:
+    """The working directory the run was started from (Hydra's record), against which its relative
+    paths (data.root, the teacher cache, teacher.checkpoint) were meant."""
+    try:
+        return Path(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.cwd)
+    except Exception:  # noqa: BLE001 - no record, or an unreadable one: the paths are taken as they are
+        return Path.cwd()
+
+
+def load_run(run_dir: Path, data_root: str | None = None):
     """The run's data module (set up) and teacher (None if neither its checkpoint nor its cached
-    file is there: the audit then works in pixel space only), and its saved dreams."""
+    file is there: the audit then works in pixel space only), and its saved dreams with the file
+    each came from."""
     config = run_dir / ".hydra" / "config.yaml"
     check(config.is_file(), f"{run_dir} is not the folder of a dfkd run (no .hydra/config.yaml): pass "
           f"the folder a run wrote, e.g. outputs/dfkd/DATE_TIME.")
-    pools = sorted(run_dir.glob("synthetic_pool*.pt"))
-    check(bool(pools), f"{run_dir} holds no saved dreams (synthetic_pool.pt): only runs with "
+    files = dream_files(run_dir)
+    check(bool(files), f"{run_dir} holds no saved dreams (synthetic_pool.pt): only runs with "
           f"recovery=dream_kd (or noise_kd) have any to audit.")
     cfg = OmegaConf.load(config)
     cfg.paths.output_dir = str(run_dir)
-    data = build(cfg.data, "data")
-    data.setup()
+    origin = _started_in(run_dir)
+
+    def where(path) -> str | None:
+        return None if path is None else str(origin / Path(path).expanduser())  # absolute paths stay as they are
+
+    if "root" in cfg.data:
+        cfg.data.root = str(Path(data_root).expanduser().resolve()) if data_root else where(cfg.data.root)
+    cfg.paths.cache_dir = where(cfg.paths.cache_dir)
+    try:
+        data = build(cfg.data, "data")
+        data.setup()
+    except DfkdError as err:
+        raise DfkdError(f"The audit compares the dreams with the run's real train split (data={cfg.data.name}) "
+                        f"and cannot read it: {err} (For the audit, --data-root PATH gives the folder.)") from None
     model = build_model(cfg.model, cfg.teacher.seed)
     record = run_dir / TEACHER_RECORD  # the teacher the run distilled, wherever it was kept
     source = (json.loads(record.read_text())["source"] if record.is_file() else cfg.teacher.checkpoint
               or cache_file(cfg.paths.cache_dir, cfg.model, cfg.data, cfg.teacher, cfg.trainer))
+    source = where(source)
     teacher = None
     if Path(source).is_file():
         teacher = load_weights(model, source, setting=f"The run's teacher {source}").eval()
     else:
         log.warning("The run's teacher (%s) is not there: the audit compares pixels only.", source)
-    dreams = torch.cat([torch.load(p, map_location="cpu", weights_only=True)["images"] for p in pools])
-    return data, teacher, dreams
+    saved = [torch.load(p, map_location="cpu", weights_only=True)["images"] for p in files]
+    counts = {str(p.relative_to(run_dir)): len(images) for p, images in zip(files, saved)}
+    return data, teacher, torch.cat(saved), counts
 
 
 def summary(distances: torch.Tensor) -> dict:
@@ -113,9 +144,12 @@ def summary(distances: torch.Tensor) -> dict:
         "min": distances.min().item(), "mean": distances.mean().item()}
 
 
-def audit(run_dir: str | Path, pairs: int = 16) -> dict:
+def audit(run_dir: str | Path, pairs: int = 16, data_root: str | None = None) -> dict:
+    """Audit the dreams saved in ``run_dir`` against its real train split (under ``data_root``,
+    when given, instead of the run's data.root); writes and returns audit.json's content."""
+    check(isinstance(pairs, int) and pairs >= 1, f"--pairs={pairs} must be a whole number >= 1.")
     run_dir = Path(run_dir)
-    data, teacher, dreams = load_run(run_dir)
+    data, teacher, dreams, counts = load_run(run_dir, data_root)
     embed = Embedder(data, teacher)
     train_pixels, train_features = embed.split("train")
     test_pixels, test_features = embed.split("test")
@@ -125,7 +159,8 @@ def audit(run_dir: str | Path, pairs: int = 16) -> dict:
     dream_parts = [embed(x) for x in dreams.split(1024)]
     dream_pixels = torch.cat([p for p, _ in dream_parts])
     scale = dream_pixels.shape[1] ** 0.5  # Euclidean -> root-mean-square pixel difference
-    found: dict = {"dreams": len(dreams), "train_images": len(train_pixels), "reference_images": len(test_pixels)}
+    found: dict = {"dreams": len(dreams), "files": counts, "train_images": len(train_pixels),
+                   "reference_images": len(test_pixels)}
     spaces = {"pixels": (dream_pixels, train_pixels, test_pixels, scale)}
     if embed.teacher is not None:
         spaces["features"] = (torch.cat([f for _, f in dream_parts]), train_features, test_features, 2 ** 0.5)
@@ -156,7 +191,7 @@ def audit(run_dir: str | Path, pairs: int = 16) -> dict:
 
 
 def describe(found: dict) -> str:
-    lines = [f"{found['dreams']} dreams against {found['train_images']} training images "
+    lines = [f"{found['dreams']} dreams ({', '.join(found['files'])}) against {found['train_images']} training images "
              f"({found['reference_images']} real test images as the reference):"]
     for space in ("pixels", "features"):
         if space in found:
@@ -179,11 +214,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dfkd.audit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a run folder with synthetic_pool.pt (outputs/dfkd/DATE_TIME)")
-    parser.add_argument("--pairs", type=int, default=16, help="closest pairs to list and draw")
+    parser.add_argument("--pairs", type=int, default=16, help="closest pairs to list and draw (>= 1)")
+    parser.add_argument("--data-root", default=None,
+                        help="the folder of the real data, when it is not where the run's data.root says")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        found = audit(args.run_dir, args.pairs)
+        found = audit(args.run_dir, args.pairs, args.data_root)
     except DfkdError as err:
         print(f"dfkd: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -42,3 +42,32 @@ def test_audit_of_a_run_without_dreams_says_so(tmp_path, capsys):
     assert stop.value.code == 2 and "holds no saved dreams" in capsys.readouterr().err
     with pytest.raises(DfkdError, match="not the folder of a dfkd run"):
         audit(tmp_path / "nowhere")
+
+
+def test_audit_finds_every_saved_dream_and_the_real_data_where_the_run_meant_it(make_cfg, tmp_path, image_tree,
+                                                                            monkeypatch):
+    """A run of iterative pruning keeps dreams in round_K/ and pruning_dreams.pt too; its data.root
+    was relative to where it was started (Hydra's record), and the audit runs from elsewhere; a
+    moved data folder is given with --data-root."""
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "round_1").mkdir()
+    cfg = make_cfg("data=image_folder", f"data.root={image_tree.name}", "data.num_classes=3", "data.image_size=16",
+                   "data.num_workers=0")
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save({"hydra": {"runtime": {"cwd": str(image_tree.parent)}}}, run_dir / ".hydra" / "hydra.yaml")
+    noise = torch.rand(4, 3, 16, 16)
+    for file, n in (("synthetic_pool.pt", 3), ("round_1/synthetic_pool.pt", 2), ("pruning_dreams.pt", 1)):
+        torch.save({"images": noise[:n], "targets": torch.zeros(n, dtype=torch.long)}, run_dir / file)
+    monkeypatch.chdir(tmp_path)  # not where the run started: a relative data.root means nothing here
+
+    found = audit(run_dir, pairs=2)  # no teacher in the cache: pixels only
+    assert found["files"] == {"synthetic_pool.pt": 3, "round_1/synthetic_pool.pt": 2, "pruning_dreams.pt": 1}
+    assert found["dreams"] == 6 and found["train_images"] == 18 and "features" not in found
+
+    OmegaConf.save({"hydra": {"runtime": {"cwd": str(tmp_path / "moved")}}}, run_dir / ".hydra" / "hydra.yaml")
+    with pytest.raises(DfkdError, match=r"cannot read it: data.root=.*--data-root PATH"):
+        audit(run_dir)
+    assert audit(run_dir, data_root=str(image_tree))["train_images"] == 18
+    with pytest.raises(DfkdError, match=r"--pairs=0 must be"):
+        audit(run_dir, pairs=0, data_root=str(image_tree))
